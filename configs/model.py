@@ -1,0 +1,85 @@
+"""Model hyper-parameters of every GLIP variant, as ml_collections ConfigDicts.
+
+`glip_model(variant)` is the single source of truth for architecture sizes; the launchable configs
+(`glip_t.py`, `glip_l.py`, `tiny.py`) embed it as `config.model`. Field names follow DESIGN.md §1.
+"""
+import ml_collections
+
+# GLIP-T(A/B/C) differ only in fusion and data; GLIP-L in backbone size and tower depth.
+VARIANTS = ("glip_t_a", "glip_t_b", "glip_t_c", "glip_l", "tiny")
+
+
+def swin_t():
+  return ml_collections.ConfigDict(dict(
+      patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
+      mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.2, out_indices=(1, 2, 3)))
+
+
+def bert_base():
+  return ml_collections.ConfigDict(dict(
+      vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
+      max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12, hidden_dropout=0.1,
+      attention_dropout=0.1, pad_token_id=0))
+
+
+def glip_model(variant: str = "glip_t_c") -> ml_collections.ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown GLIP variant {variant!r}; choose one of {VARIANTS}")
+  m = ml_collections.ConfigDict()
+  m.variant = variant
+  m.swin = swin_t()
+  m.language = bert_base()
+  m.max_query_len = 256
+  m.fpn = ml_collections.ConfigDict(dict(out_channels=256, drop_block_prob=0.3, drop_block_size=3))
+  m.dyhead = ml_collections.ConfigDict(dict(
+      num_layers=6, channels=256, group_norm_groups=16,
+      fusion=variant != "glip_t_a",   # GLIP-T(A): DyConv only, no VLFuse and no tower BERT layers
+      fusion_embed_dim=2048, fusion_heads=8, fusion_dropout=0.1, attn_clamp=50000.0,
+      layer_scale_init=1.0 / 6,      # official: 1 / num_layers
+      # 'official' reproduces what GLIP's CUDA DCN reads for the coarser level (a prefix of the offset
+      # buffer, fixture README §4.6); 'geometric' resizes the offsets to the coarse grid instead.
+      dcn_offset_mode="official",
+      dyrelu_reduction=4))
+  m.head = ml_collections.ConfigDict(dict(
+      num_classes=81,                # frozen, unused `cls_logits` conv with num_classes - 1 outputs
+      joint_embed=256, log_scale_init=0.0, prior_prob=0.01, logit_clamp=50000.0))
+  m.anchors = ml_collections.ConfigDict(dict(sizes=(64, 128, 256, 512, 1024), strides=(8, 16, 32, 64, 128)))
+  m.dtype = "float32"        # compute dtype
+  m.param_dtype = "float32"  # parameter (master weight) dtype
+
+  if variant == "glip_l":
+    m.swin.update(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12,
+                  drop_path_rate=0.4)
+    m.dyhead.update(num_layers=8, layer_scale_init=1.0 / 8)
+  elif variant == "tiny":
+    # Small enough to train on 2 CPU cores in minutes; every module type of GLIP-T(C) is kept.
+    m.swin.update(embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
+    m.language.update(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+                      max_position_embeddings=64)
+    m.max_query_len = 32
+    m.fpn.update(out_channels=64, drop_block_prob=0.0)
+    m.dyhead.update(num_layers=2, channels=64, fusion_embed_dim=256, fusion_heads=4,
+                    layer_scale_init=0.5)
+    m.head.update(joint_embed=64)
+    m.anchors.update(sizes=(32, 64, 128, 256, 512))
+  return m
+
+
+def fixture_model(tiny_hparams: dict) -> ml_collections.ConfigDict:
+  """The model of a reference fixture folder (its config.json `tiny_hparams`), e.g. tiny_glip_t_c."""
+  m = glip_model("glip_t_c")
+  b = tiny_hparams["bert"]
+  m.swin.update(embed_dim=tiny_hparams["swin_embed_dim"], depths=tuple(tiny_hparams["swin_depths"]),
+                num_heads=tuple(tiny_hparams["swin_num_heads"]), window_size=tiny_hparams["swin_window_size"],
+                mlp_ratio=float(tiny_hparams["swin_mlp_ratio"]))
+  m.language.update(vocab_size=b["vocab_size"], hidden_size=b["hidden_size"], num_layers=b["num_hidden_layers"],
+                    num_heads=b["num_attention_heads"], intermediate_size=b["intermediate_size"],
+                    max_position_embeddings=b["max_position_embeddings"], type_vocab_size=b["type_vocab_size"],
+                    layer_norm_eps=b["layer_norm_eps"])
+  m.max_query_len = tiny_hparams["max_query_len"]
+  c = tiny_hparams["channels"]
+  n = tiny_hparams["dyhead_num_convs"]
+  m.fpn.update(out_channels=c)
+  m.dyhead.update(num_layers=n, channels=c, group_norm_groups=tiny_hparams["gn_groups"], layer_scale_init=1.0 / n)
+  m.head.update(joint_embed=c)
+  return m

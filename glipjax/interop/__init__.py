@@ -1,0 +1,1 @@
+"""Import of official GLIP / HF checkpoints, and export back to PyTorch layout."""

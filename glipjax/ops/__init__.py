@@ -1,0 +1,1 @@
+"""Box geometry, anchors, ATSS assignment, losses and post-processing (pure functions, jittable)."""

@@ -1,0 +1,1 @@
+"""Tokenisers with character offsets, and grounding prompts / positive maps."""
