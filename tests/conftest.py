@@ -1,0 +1,33 @@
+"""Shared pytest fixtures. The official-code reference fixtures live outside the repo (../shared/glip_reference);
+set GLIP_REFERENCE_DIR to point elsewhere. Tests that need them are skipped *with a visible reason* otherwise."""
+import os
+import pathlib
+
+import pytest
+
+import glipjax  # noqa: F401  (sets flax config before any module is built)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def reference_root() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("GLIP_REFERENCE_DIR", REPO.parent / "shared" / "glip_reference"))
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: long-running; excluded from `make test`, run with `make test-slow`")
+
+
+def pytest_report_header(config):
+  root = reference_root()
+  state = "found" if root.is_dir() else "MISSING - official parity tests will be skipped"
+  return f"GLIP reference fixtures: {root} ({state})"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> pathlib.Path:
+  """The tiny GLIP-T(C) fixture folder produced by the official PyTorch code."""
+  path = reference_root() / "tiny_glip_t_c"
+  if not path.is_dir():
+    pytest.skip(f"official GLIP reference fixtures not found at {path} (set GLIP_REFERENCE_DIR)")
+  return path
