@@ -1,0 +1,115 @@
+"""PyTorch-layout state dicts <-> glipjax NNX modules, by attribute name.
+
+Module attribute names mirror the official state-dict names, so the mapping is generic: walk the dotted key
+through the module tree (integers index `nnx.List`s), then convert the leaf by the owning layer's type. Only
+names that cannot mirror (torch `Sequential` indices, wrapper prefixes) need regex renames, and those live
+next to the model that needs them (glipjax/interop/official.py, glipjax/interop/hf.py).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from flax import nnx
+
+# torch leaf name -> (our attribute, torch->ours array transform), per layer type.
+_LINEAR = {"weight": ("kernel", lambda w: w.T)}
+_CONV = {"weight": ("kernel", lambda w: w.transpose(2, 3, 1, 0))}  # OIHW -> HWIO
+_NORM = {"weight": ("scale", lambda w: w)}
+_EMBED = {"weight": ("embedding", lambda w: w)}
+
+
+def _leaf_rules(owner: Any) -> Mapping[str, tuple[str, Any]]:
+  if isinstance(owner, nnx.Linear):
+    return _LINEAR
+  if isinstance(owner, nnx.Conv):
+    return _CONV
+  if isinstance(owner, (nnx.LayerNorm, nnx.GroupNorm)):
+    return _NORM
+  if isinstance(owner, nnx.Embed):
+    return _EMBED
+  return {}
+
+
+def _walk(module: Any, parts: Sequence[str], key: str) -> Any:
+  node = module
+  for part in parts:
+    try:
+      node = node[int(part)] if part.isdigit() else getattr(node, part)
+    except (AttributeError, IndexError, KeyError, TypeError):
+      raise KeyError(f"state-dict key {key!r}: the model has no submodule {part!r} "
+                     f"under {type(node).__name__}") from None
+  return node
+
+
+def _rename(key: str, renames: Sequence[tuple[str, str]]) -> str:
+  for pattern, replacement in renames:
+    key = re.sub(pattern, replacement, key)
+  return key
+
+
+def load_torch_state(module: nnx.Module, state: Mapping[str, Any], *, prefix: str = "",
+                     renames: Sequence[tuple[str, str]] = (), ignore: Sequence[str] = (),
+                     strict: bool = True) -> list[str]:
+  """Assigns a torch-layout state dict into `module` in place.
+
+  Keys not starting with `prefix` are not considered; the prefix is stripped, keys matching an `ignore` regex
+  are skipped, then `renames` (regex, replacement) apply in order. Every assignment is shape-checked. With
+  `strict`, every parameter of `module` must be assigned exactly once. Returns the (renamed) keys assigned.
+  """
+  assigned: dict[tuple, str] = {}
+  for raw_key, value in state.items():
+    if not raw_key.startswith(prefix):
+      continue
+    key = raw_key[len(prefix):]
+    if any(re.search(p, key) for p in ignore):
+      continue
+    key = _rename(key, renames)
+    *parts, leaf = key.split(".")
+    owner = _walk(module, parts, raw_key)
+    name, transform = _leaf_rules(owner).get(leaf, (leaf, lambda w: w))
+    var = getattr(owner, name, None)
+    if not isinstance(var, nnx.Variable):
+      raise KeyError(f"state-dict key {raw_key!r}: {type(owner).__name__} has no parameter {name!r}")
+    array = np.asarray(transform(np.asarray(value)))
+    if array.shape != tuple(var.shape):
+      if array.size == 1 and np.prod(var.shape) == 1:
+        array = array.reshape(var.shape)  # torch scalars are often stored as shape (1,)
+      else:
+        raise ValueError(f"state-dict key {raw_key!r}: shape {np.shape(value)} (as {array.shape} in our layout) "
+                         f"does not fit {'.'.join(parts + [name])} of shape {tuple(var.shape)}")
+    path = tuple(int(p) if p.isdigit() else p for p in parts) + (name,)
+    if path in assigned:
+      raise ValueError(f"state-dict keys {assigned[path]!r} and {raw_key!r} both map to {path}")
+    var[...] = array.astype(var.dtype)
+    assigned[path] = raw_key
+  if strict:
+    missing = [".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(module, nnx.Param))
+               if tuple(p) not in assigned]
+    if missing:
+      raise KeyError(f"{len(missing)} parameters not found in the state dict (prefix {prefix!r}): "
+                     f"{missing[:10]}{' ...' if len(missing) > 10 else ''}")
+  return [".".join(map(str, p)) for p in assigned]
+
+
+def torch_state_from_module(module: nnx.Module, *, prefix: str = "",
+                            renames: Sequence[tuple[str, str]] = ()) -> dict[str, np.ndarray]:
+  """The inverse of `load_torch_state`: our parameters as a torch-layout state dict (numpy arrays).
+
+  `renames` map *our* dotted names to torch names (the reverse of the import renames).
+  """
+  out: dict[str, np.ndarray] = {}
+  for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+    parts = [str(p) for p in path]
+    owner = _walk(module, parts[:-1], ".".join(parts))
+    leaf, array = parts[-1], np.asarray(var[...])
+    for torch_leaf, (ours, _) in _leaf_rules(owner).items():
+      if ours == leaf:
+        leaf = torch_leaf
+        if isinstance(owner, nnx.Linear):
+          array = array.T
+        elif isinstance(owner, nnx.Conv):
+          array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    out[prefix + _rename(".".join(parts[:-1] + [leaf]), renames)] = array
+  return out
