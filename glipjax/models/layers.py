@@ -74,4 +74,4 @@ def Embed(num_embeddings: int, features: int, *, axes: Axes = ("vocab", "embed")
 
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes, dtype: Any = jnp.float32) -> nnx.Param:
   """A raw parameter (layer scales, bias tables, ...) with logical axis names."""
-  return nnx.Param(init(rngs.params(), tuple(shape), dtype), sharding_names=tuple(axes))
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(axes))
