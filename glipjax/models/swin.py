@@ -1,0 +1,174 @@
+"""Swin Transformer v1 backbone, as GLIP's `SWINT-FPN-RETINANET` body (fixture README §4.1).
+
+Attribute names mirror the official state dict (`patch_embed.proj`, `layers[i].blocks[j].attn.qkv`, `norm1..3`).
+Windows are processed as one batched einsum; any image size works (right/bottom zero padding as official).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from glipjax.models import layers as L
+
+
+def _relative_position_index(window: int) -> np.ndarray:
+  coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
+  rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (window - 1)
+  return (rel[..., 0] * (2 * window - 1) + rel[..., 1]).astype(np.int32)
+
+
+def _shift_mask(hp: int, wp: int, window: int, shift: int) -> np.ndarray:
+  """The -100 region mask of shifted windows, built on the padded size: [num_windows, N, N]."""
+  img = np.zeros((hp, wp), np.int32)
+  region = 0
+  for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+    for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+      img[hs, ws] = region
+      region += 1
+  win = img.reshape(hp // window, window, wp // window, window).transpose(0, 2, 1, 3).reshape(-1, window * window)
+  return np.where(win[:, None, :] != win[:, :, None], -100.0, 0.0).astype(np.float32)
+
+
+def drop_path(x: jax.Array, rate: float, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
+  """Stochastic depth: drops whole residual branches per sample."""
+  if deterministic or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class WindowAttention(nnx.Module):
+  def __init__(self, dim: int, num_heads: int, window: int, qkv_bias: bool, *, dtype, param_dtype, rngs):
+    self.num_heads, self.window = num_heads, window
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.qkv = L.Linear(dim, 3 * dim, axes=("embed", "heads"), use_bias=qkv_bias, **kw)
+    self.proj = L.Linear(dim, dim, axes=("heads", "embed"), **kw)
+    self.relative_position_bias_table = L.param(
+        rngs, nnx.initializers.truncated_normal(0.02), ((2 * window - 1) ** 2, num_heads), (None, None), param_dtype)
+    self.index = nnx.Variable(jnp.asarray(_relative_position_index(window)))  # constant, not a parameter
+
+  def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """x: [B, nW, N, C] windows; mask: [nW, N, N] or None."""
+    b, nw, n, c = x.shape
+    h = self.num_heads
+    q, k, v = jnp.split(self.qkv(x).reshape(b, nw, n, 3, h, c // h), 3, axis=3)
+    q, k, v = q[:, :, :, 0], k[:, :, :, 0], v[:, :, :, 0]
+    q = q * (c // h) ** -0.5
+    attn = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k)
+    bias = self.relative_position_bias_table[...][self.index[...]]  # [N, N, heads]
+    attn = attn + bias.transpose(2, 0, 1).astype(attn.dtype)
+    if mask is not None:
+      attn = attn + mask[None, :, None].astype(attn.dtype)
+    attn = jax.nn.softmax(attn, axis=-1)
+    out = jnp.einsum("bwhqk,bwkhd->bwqhd", attn, v).reshape(b, nw, n, c)
+    return self.proj(out)
+
+
+class Mlp(nnx.Module):
+  def __init__(self, dim: int, hidden: int, *, dtype, param_dtype, rngs):
+    self.fc1 = L.Linear(dim, hidden, axes=("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc2 = L.Linear(hidden, dim, axes=("mlp", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class SwinBlock(nnx.Module):
+  def __init__(self, dim, num_heads, window, shift, mlp_ratio, qkv_bias, drop_path_rate, *, dtype, param_dtype,
+               rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.window, self.shift, self.drop_path_rate = window, shift, drop_path_rate
+    self.norm1 = L.LayerNorm(dim, **kw)
+    self.attn = WindowAttention(dim, num_heads, window, qkv_bias, **kw)
+    self.norm2 = L.LayerNorm(dim, **kw)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), **kw)
+    self.rngs = rngs
+
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    b, hh, ww, c = x.shape
+    w, s = self.window, self.shift
+    y = self.norm1(x)
+    hp, wp = -(-hh // w) * w, -(-ww // w) * w
+    y = jnp.pad(y, ((0, 0), (0, hp - hh), (0, wp - ww), (0, 0)))  # after norm1: pad tokens are exact zeros
+    if s:
+      y = jnp.roll(y, (-s, -s), axis=(1, 2))
+    win = y.reshape(b, hp // w, w, wp // w, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, w * w, c)
+    mask = jnp.asarray(_shift_mask(hp, wp, w, s)) if s else None
+    y = self.attn(win, mask)
+    y = y.reshape(b, hp // w, wp // w, w, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+    if s:
+      y = jnp.roll(y, (s, s), axis=(1, 2))
+    x = x + drop_path(y[:, :hh, :ww], self.drop_path_rate, deterministic, self.rngs)
+    return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, deterministic, self.rngs)
+
+
+class PatchMerging(nnx.Module):
+  def __init__(self, dim: int, *, dtype, param_dtype, rngs):
+    self.norm = L.LayerNorm(4 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.reduction = L.Linear(4 * dim, 2 * dim, axes=("embed", "embed"), use_bias=False, dtype=dtype,
+                              param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x):
+    h, w = x.shape[1:3]
+    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+    return self.reduction(self.norm(x))
+
+
+class SwinStage(nnx.Module):
+  def __init__(self, dim, depth, num_heads, window, mlp_ratio, qkv_bias, drop_path_rates, downsample, *, dtype,
+               param_dtype, rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.blocks = nnx.List([
+        SwinBlock(dim, num_heads, window, 0 if j % 2 == 0 else window // 2, mlp_ratio, qkv_bias,
+                  drop_path_rates[j], **kw) for j in range(depth)])
+    self.downsample = PatchMerging(dim, **kw) if downsample else None
+
+  def __call__(self, x, *, deterministic):
+    for block in self.blocks:
+      x = block(x, deterministic=deterministic)
+    return x, (self.downsample(x) if self.downsample is not None else None)
+
+
+class PatchEmbed(nnx.Module):
+  def __init__(self, patch: int, dim: int, *, dtype, param_dtype, rngs):
+    self.patch = patch
+    self.proj = L.Conv(3, dim, patch, strides=patch, padding="VALID", axes=(None, "embed"), dtype=dtype,
+                       param_dtype=param_dtype, rngs=rngs)
+    self.norm = L.LayerNorm(dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x):
+    p = self.patch
+    h, w = x.shape[1:3]
+    x = jnp.pad(x, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
+    return self.norm(self.proj(x))
+
+
+class SwinTransformer(nnx.Module):
+  """Returns the four stage outputs (strides 4, 8, 16, 32), NHWC; stages in `cfg.out_indices` get an output
+  LayerNorm `norm{i}` (the official body has `norm0` = Identity, so stage 2 is returned raw)."""
+
+  def __init__(self, cfg, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    depths = tuple(cfg.depths)
+    self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim, **kw)
+    rates = np.linspace(0, cfg.drop_path_rate, sum(depths)).tolist()
+    dims = [cfg.embed_dim * 2 ** i for i in range(len(depths))]
+    self.layers = nnx.List([
+        SwinStage(dims[i], depths[i], cfg.num_heads[i], cfg.window_size, cfg.mlp_ratio, cfg.qkv_bias,
+                  rates[sum(depths[:i]):sum(depths[:i + 1])], i < len(depths) - 1, **kw)
+        for i in range(len(depths))])
+    self.out_indices = tuple(cfg.out_indices)
+    for i in self.out_indices:
+      setattr(self, f"norm{i}", L.LayerNorm(dims[i], **kw))
+    self.num_features = dims
+
+  def __call__(self, images: jax.Array, *, deterministic: bool = True) -> list[jax.Array]:
+    x = self.patch_embed(images)
+    outs = []
+    for i, stage in enumerate(self.layers):
+      out, x = stage(x, deterministic=deterministic)
+      outs.append(getattr(self, f"norm{i}")(out) if i in self.out_indices else out)
+    return outs
