@@ -1,0 +1,63 @@
+"""Modulated deformable convolution v2 (3x3, one deformable group) in pure JAX, NHWC.
+
+Sampling follows GLIP's CUDA kernel (fixture README §4.6): the tap (i, j) of output (y, x) samples the input at
+(y*s - 1 + i + dy, x*s - 1 + j + dx) with zero-padded bilinear interpolation in pixel coordinates; points with
+h <= -1, w <= -1, h >= H or w >= W read 0. Offsets are laid out as official: tap k = 3i + j uses channel 2k (dy)
+and 2k + 1 (dx); the mask (already sigmoid-ed) multiplies each sample.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array, bias: jax.Array | None,
+                stride: int = 1) -> jax.Array:
+  """x [B,H,W,C]; offset [B,Ho,Wo,18]; mask [B,Ho,Wo,9]; kernel HWIO [3,3,C,O] -> [B,Ho,Wo,O]."""
+  b, h, w, c = x.shape
+  ho, wo = offset.shape[1:3]
+  ki, kj = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")
+  base_y = (np.arange(ho) * stride - 1)[:, None, None] + ki.reshape(1, 1, 9)  # [Ho,1,9]
+  base_x = (np.arange(wo) * stride - 1)[None, :, None] + kj.reshape(1, 1, 9)  # [1,Wo,9]
+  py = base_y[None] + offset[..., 0::2]                                     # [B,Ho,Wo,9]
+  px = base_x[None] + offset[..., 1::2]
+  inside = (py > -1) & (px > -1) & (py < h) & (px < w)
+  y0, x0 = jnp.floor(py), jnp.floor(px)
+  ly, lx = py - y0, px - x0
+  flat = x.reshape(b, h * w, c)
+
+  def corner(yy, xx, weight):
+    valid = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1) & inside
+    idx = (jnp.clip(yy, 0, h - 1) * w + jnp.clip(xx, 0, w - 1)).astype(jnp.int32).reshape(b, -1)
+    vals = jnp.take_along_axis(flat, idx[..., None], axis=1).reshape(b, ho, wo, 9, c)
+    return vals * jnp.where(valid, weight, 0.0)[..., None].astype(x.dtype)
+
+  cols = (corner(y0, x0, (1 - ly) * (1 - lx)) + corner(y0, x0 + 1, (1 - ly) * lx) +
+          corner(y0 + 1, x0, ly * (1 - lx)) + corner(y0 + 1, x0 + 1, ly * lx))
+  cols = cols * mask[..., None].astype(x.dtype)
+  out = jnp.einsum("bhwkc,kco->bhwo", cols, kernel.reshape(9, c, -1).astype(x.dtype))
+  return out if bias is None else out + bias.astype(out.dtype)
+
+
+def official_coarse_offsets(offset: jax.Array, mask: jax.Array, out_hw: tuple[int, int]):
+  """What GLIP's CUDA DCN reads when handed offsets of an (h, w) grid for a smaller (Ho, Wo) output.
+
+  The kernel indexes each image's (C, h, w) buffer as if it were dense (C, Ho, Wo): it reads the first C*Ho*Wo
+  values in C order. This is a prefix of the NCHW buffer, not a crop or a resize (fixture README §4.6).
+  """
+  def prefix(t):
+    b, _, _, ch = t.shape
+    nchw = t.transpose(0, 3, 1, 2).reshape(b, -1)[:, :ch * out_hw[0] * out_hw[1]]
+    return nchw.reshape(b, ch, *out_hw).transpose(0, 2, 3, 1)
+  return prefix(offset), prefix(mask)
+
+
+def geometric_coarse_offsets(offset: jax.Array, mask: jax.Array, out_hw: tuple[int, int]):
+  """A geometrically meaningful alternative: resize offsets/mask to the coarse grid and scale the offsets
+  (pixel units of the fine level) by the resolution ratio, so each coarse tap moves by the same image distance."""
+  b, h, w, _ = offset.shape
+  ho, wo = out_hw
+  ratio = jnp.asarray([ho / h, wo / w] * 9, offset.dtype)
+  off = jax.image.resize(offset, (b, ho, wo, offset.shape[-1]), "bilinear") * ratio
+  return off, jax.image.resize(mask, (b, ho, wo, mask.shape[-1]), "bilinear")

@@ -1,0 +1,201 @@
+"""The VL-DyHead tower: [VLFuse, BERT layer, DyConv] x num_layers (DyConv only for GLIP-T(A)).
+
+VLFuse is GLIP's bi-directional cross-attention ("X-MHA", fixture README §4.4); DyConv is DyHead's
+scale-aware deformable conv block with scale attention and DyReLU (§4.6). Names mirror the official state dict;
+torch Sequential indices are renamed on import (glipjax/interop/official.py: `AttnConv.1` -> `AttnConv`,
+`relu.fc.0/2` -> `relu.fc1/fc2`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from glipjax.models import layers as L
+from glipjax.models.bert import BertLayer
+from glipjax.models.dcn import deform_conv, geometric_coarse_offsets, official_coarse_offsets
+
+PAD1 = ((1, 1), (1, 1))
+
+
+def h_sigmoid(x):
+  return jax.nn.relu6(x + 3.0) / 6.0
+
+
+def resize_bilinear_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """`F.upsample_bilinear` (= bilinear with align_corners=True), as two small interpolation matrices."""
+  def matrix(n_in, n_out):
+    src = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    m = np.zeros((n_out, n_in), np.float32)
+    np.add.at(m, (np.arange(n_out), lo), 1.0 - (src - lo))
+    np.add.at(m, (np.arange(n_out), hi), src - lo)
+    return jnp.asarray(m, x.dtype)
+  return jnp.einsum("yh,bhwc,xw->byxc", matrix(x.shape[1], size[0]), x, matrix(x.shape[2], size[1]))
+
+
+class BiMultiHeadAttention(nnx.Module):
+  def __init__(self, v_dim, l_dim, embed_dim, num_heads, dropout, clamp, *, dtype, param_dtype, rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_init=nnx.initializers.xavier_uniform())
+    self.v_proj = L.Linear(v_dim, embed_dim, axes=("embed", "heads"), **kw)
+    self.l_proj = L.Linear(l_dim, embed_dim, axes=("embed", "heads"), **kw)
+    self.values_v_proj = L.Linear(v_dim, embed_dim, axes=("embed", "heads"), **kw)
+    self.values_l_proj = L.Linear(l_dim, embed_dim, axes=("embed", "heads"), **kw)
+    self.out_v_proj = L.Linear(embed_dim, v_dim, axes=("heads", "embed"), **kw)
+    self.out_l_proj = L.Linear(embed_dim, l_dim, axes=("heads", "embed"), **kw)
+    self.num_heads, self.clamp = num_heads, clamp
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, v, l, lang_mask, *, deterministic):
+    b, nv, _ = v.shape
+    t = l.shape[1]
+    h = self.num_heads
+    heads = lambda y: y.reshape(b, y.shape[1], h, -1)
+    q = heads(self.v_proj(v))
+    q = q * q.shape[-1] ** -0.5
+    k, vv, vl = heads(self.l_proj(l)), heads(self.values_v_proj(v)), heads(self.values_l_proj(l))
+    attn = jnp.clip(jnp.einsum("bqhd,bkhd->bhqk", q, k), -self.clamp, self.clamp)  # [B,h,Nv,T]
+    # image -> text: softmax over all visual positions, no mask (padded text rows are updated too).
+    attn_t = jnp.swapaxes(attn, -1, -2)
+    attn_t = jnp.clip(attn_t - attn_t.max(-1, keepdims=True), -self.clamp, self.clamp)
+    probs_l = jax.nn.softmax(attn_t, axis=-1)
+    # text -> image: padded tokens masked out.
+    attn_v = attn + jnp.where(lang_mask[:, None, None, :] > 0, 0.0, -9e15).astype(attn.dtype)
+    probs_v = jax.nn.softmax(attn_v, axis=-1)
+    probs_v = self.dropout(probs_v, deterministic=deterministic)
+    probs_l = self.dropout(probs_l, deterministic=deterministic)
+    out_v = jnp.einsum("bhqk,bkhd->bqhd", probs_v, vl).reshape(b, nv, -1)
+    out_l = jnp.einsum("bhkq,bqhd->bkhd", probs_l, vv).reshape(b, t, -1)
+    return self.out_v_proj(out_v), self.out_l_proj(out_l)
+
+
+class BiAttentionBlock(nnx.Module):
+  def __init__(self, v_dim, l_dim, cfg, *, dtype, param_dtype, rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.layer_norm_v = L.LayerNorm(v_dim, **kw)
+    self.layer_norm_l = L.LayerNorm(l_dim, **kw)
+    self.attn = BiMultiHeadAttention(v_dim, l_dim, cfg.fusion_embed_dim, cfg.fusion_heads, cfg.fusion_dropout,
+                                     cfg.attn_clamp, **kw)
+    scale = nnx.initializers.constant(cfg.layer_scale_init)
+    self.gamma_v = L.param(rngs, scale, (v_dim,), ("norm",), param_dtype)
+    self.gamma_l = L.param(rngs, scale, (l_dim,), ("norm",), param_dtype)
+
+  def __call__(self, v, l, lang_mask, *, deterministic):
+    v, l = self.layer_norm_v(v), self.layer_norm_l(l)
+    dv, dl = self.attn(v, l, lang_mask, deterministic=deterministic)
+    # The residual adds to the *normalised* inputs, as the official block does.
+    return v + self.gamma_v[...] * dv, l + self.gamma_l[...] * dl
+
+
+class VLFuse(nnx.Module):
+  """Fuses all FPN levels (flattened P3->P7, row-major) with the text tokens."""
+
+  def __init__(self, visual_channels: int, lang_dim: int, cfg, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.b_attn = BiAttentionBlock(visual_channels, lang_dim, cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, visual: list[jax.Array], lang: jax.Array, lang_mask: jax.Array, *, deterministic: bool):
+    shapes = [f.shape for f in visual]
+    flat = jnp.concatenate([f.reshape(f.shape[0], -1, f.shape[-1]) for f in visual], axis=1)
+    flat, lang = self.b_attn(flat, lang, lang_mask, deterministic=deterministic)
+    splits = np.cumsum([s[1] * s[2] for s in shapes])[:-1]
+    return [p.reshape(s) for p, s in zip(jnp.split(flat, splits, axis=1), shapes)], lang
+
+
+class Conv3x3Norm(nnx.Module):
+  """A modulated deformable 3x3 conv (parameters held by an nnx.Conv, applied by `deform_conv`) + GroupNorm."""
+
+  def __init__(self, channels: int, stride: int, groups: int, **kw):
+    self.conv = L.Conv(channels, channels, 3, kernel_init=nnx.initializers.normal(0.01), **kw)
+    self.bn = L.GroupNorm(channels, groups, **kw)
+    self.stride = stride
+
+  def __call__(self, x, offset, mask):
+    return self.bn(deform_conv(x, offset, mask, self.conv.kernel[...], self.conv.bias[...], self.stride))
+
+
+class DyReLU(nnx.Module):
+  def __init__(self, channels: int, reduction: int, **kw):
+    self.fc1 = L.Linear(channels, channels // reduction, axes=("embed", "mlp"), **kw)
+    self.fc2 = L.Linear(channels // reduction, 4 * channels, axes=("mlp", "embed"), **kw)
+
+  def __call__(self, x):
+    theta = h_sigmoid(self.fc2(jax.nn.relu(self.fc1(x.mean(axis=(1, 2))))))[:, None, None, :]
+    a1, b1, a2, b2 = jnp.split(theta, 4, axis=-1)
+    a1, a2 = 2.0 * (a1 - 0.5) + 1.0, 2.0 * (a2 - 0.5)
+    b1, b2 = b1 - 0.5, b2 - 0.5
+    return jnp.maximum(x * a1 + b1, x * a2 + b2)
+
+
+class DyConv(nnx.Module):
+  """Per level: DCN on the same level, the finer level (stride 2) and the coarser level (then upsampled), all with
+  the offsets/mask of the current level; scale attention; DyReLU."""
+
+  def __init__(self, channels: int, cfg, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.DyConv = nnx.List([Conv3x3Norm(channels, s, cfg.group_norm_groups, **kw) for s in (1, 1, 2)])
+    self.offset = L.Conv(channels, 27, 3, padding=PAD1, axes=("conv_in", None),
+                         kernel_init=nnx.initializers.zeros_init(), **kw)
+    self.AttnConv = L.Conv(channels, 1, 1, axes=("conv_in", None), kernel_init=nnx.initializers.normal(0.01), **kw)
+    self.relu = DyReLU(channels, cfg.dyrelu_reduction, **kw)
+    if cfg.dcn_offset_mode not in ("official", "geometric"):
+      raise ValueError(f"dyhead.dcn_offset_mode must be 'official' or 'geometric', got {cfg.dcn_offset_mode!r}")
+    self.coarse_offsets = official_coarse_offsets if cfg.dcn_offset_mode == "official" else geometric_coarse_offsets
+
+  def __call__(self, visual: list[jax.Array], capture: dict | None = None, prefix: str = "") -> list[jax.Array]:
+    out = []
+    for lvl, feature in enumerate(visual):
+      om = self.offset(feature)
+      offset, mask = om[..., :18], jax.nn.sigmoid(om[..., 18:])
+      branches = {1: self.DyConv[1](feature, offset, mask)}
+      if lvl > 0:
+        branches[2] = self.DyConv[2](visual[lvl - 1], offset, mask)
+      if lvl < len(visual) - 1:
+        coarse = visual[lvl + 1]
+        off_c, mask_c = self.coarse_offsets(offset, mask, coarse.shape[1:3])
+        branches[0] = self.DyConv[0](coarse, off_c, mask_c)
+      if capture is not None:
+        capture[f"{prefix}_offset_mask_l{lvl}"] = om
+        capture.update({f"{prefix}_conv{k}_l{lvl}": v for k, v in branches.items()})
+      if 0 in branches:
+        branches[0] = resize_bilinear_align_corners(branches[0], feature.shape[1:3])
+      stack = jnp.stack(list(branches.values()))
+      attn = h_sigmoid(jax.nn.relu(self.AttnConv(stack.mean(axis=(2, 3), keepdims=True).reshape(
+          -1, 1, 1, stack.shape[-1])))).reshape(stack.shape[0], stack.shape[1], 1, 1, 1)
+      y = self.relu((stack * attn).mean(axis=0))
+      if capture is not None:
+        capture[f"{prefix}_visual_l{lvl}"] = y
+      out.append(y)
+    return out
+
+
+class DyHeadTower(nnx.Module):
+  def __init__(self, model_cfg, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    d = model_cfg.dyhead
+    layers = []
+    for _ in range(d.num_layers):
+      if d.fusion:
+        layers.append(VLFuse(d.channels, model_cfg.language.hidden_size, d, **kw))
+        layers.append(BertLayer(model_cfg.language, attn_clamp=d.attn_clamp, **kw))
+      layers.append(DyConv(d.channels, d, **kw))
+    self.dyhead_tower = nnx.List(layers)
+
+  def __call__(self, visual: list[jax.Array], lang: jax.Array, lang_mask: jax.Array, *, deterministic: bool = True,
+               capture: bool = False):
+    inter: dict | None = {} if capture else None
+    for i, layer in enumerate(self.dyhead_tower):
+      if isinstance(layer, VLFuse):
+        visual, lang = layer(visual, lang, lang_mask, deterministic=deterministic)
+        if capture:
+          inter.update({f"tower{i}_fuse_visual_l{l}": v for l, v in enumerate(visual)})
+          inter[f"tower{i}_fuse_lang_hidden"] = lang
+      elif isinstance(layer, BertLayer):
+        lang = layer(lang, lang_mask, deterministic=deterministic)
+        if capture:
+          inter[f"tower{i}_bert_lang_hidden"] = lang
+      else:
+        visual = layer(visual, inter, f"tower{i}_dyconv")
+    return visual, lang, (inter or {})
