@@ -1,0 +1,114 @@
+"""The GLIP detector: Swin + FPN (image), BERT (text), the VL-DyHead tower, and the ATSS grounding head.
+
+Outputs are raw head outputs over all anchors, levels P3->P7 concatenated (row-major within a level); losses
+(glipjax/ops/losses.py) and post-processing (glipjax/ops/postprocess.py) live outside the model.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from glipjax.models import layers as L
+from glipjax.models.bert import BertModel
+from glipjax.models.dyhead import DyHeadTower
+from glipjax.models.fpn import FPN
+from glipjax.models.swin import SwinTransformer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class Scale(nnx.Module):
+  """A learnable scalar per FPN level (official `scales.{l}.scale`)."""
+
+  def __init__(self, rngs: nnx.Rngs, param_dtype):
+    self.scale = L.param(rngs, nnx.initializers.ones_init(), (1,), (None,), param_dtype)
+
+
+class VLDyHead(nnx.Module):
+  def __init__(self, model_cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    c, h = model_cfg.dyhead.channels, model_cfg.head
+    lang_dim = model_cfg.language.hidden_size
+    prior_bias = -math.log((1 - h.prior_prob) / h.prior_prob)
+    self.dyhead_tower = DyHeadTower(model_cfg, **kw)
+    conv = lambda out, bias=0.0: L.Conv(c, out, 1, axes=("conv_in", None), kernel_init=nnx.initializers.normal(0.01),
+                                        bias_init=nnx.initializers.constant(bias), **kw)
+    # The 80-way classifier exists in official checkpoints but is frozen and unused by the grounding loss.
+    self.cls_logits = conv(h.num_classes - 1, prior_bias)
+    self.bbox_pred = conv(4)
+    self.centerness = conv(1)
+    self.scales = nnx.List([Scale(rngs, param_dtype) for _ in model_cfg.anchors.strides])
+    self.dot_product_projection_text = L.Linear(lang_dim, h.joint_embed, axes=("embed", None), **kw)
+    self.log_scale = L.param(rngs, nnx.initializers.constant(h.log_scale_init), (1,), (None,), param_dtype)
+    self.bias_lang = L.param(rngs, nnx.initializers.zeros_init(), (lang_dim,), (None,), param_dtype)
+    self.bias0 = L.param(rngs, nnx.initializers.constant(prior_bias), (1,), (None,), param_dtype)
+    self.logit_clamp = h.logit_clamp
+
+  def __call__(self, visual, lang, lang_mask, *, deterministic: bool, capture: bool):
+    visual, lang, inter = self.dyhead_tower(visual, lang, lang_mask, deterministic=deterministic, capture=capture)
+    emb = lang / jnp.maximum(jnp.linalg.norm(lang, axis=-1, keepdims=True), 1e-12)
+    tokens = self.dot_product_projection_text(emb / 2.0)                           # [B,T,C]
+    token_bias = emb @ self.bias_lang[...] + self.bias0[...]                        # [B,T]
+    inv_temp = jnp.exp(-self.log_scale[...])
+    logits, boxes, ctr = [], [], []
+    for lvl, x in enumerate(visual):
+      b = x.shape[0]
+      q = x.reshape(b, -1, x.shape[-1])
+      logit = jnp.einsum("bac,btc->bat", q, tokens) * inv_temp + token_bias[:, None, :]
+      logits.append(jnp.clip(logit, -self.logit_clamp, self.logit_clamp))
+      boxes.append((self.bbox_pred(x) * self.scales[lvl].scale[...]).reshape(b, -1, 4))
+      ctr.append(self.centerness(x).reshape(b, -1))
+      if capture:
+        inter[f"box_regression_l{lvl}"] = self.bbox_pred(x) * self.scales[lvl].scale[...]
+        inter[f"centerness_l{lvl}"] = self.centerness(x)
+        inter[f"cls_logits_l{lvl}"] = self.cls_logits(x)
+        inter[f"dot_product_logits_l{lvl}"] = logits[-1]
+    if capture:
+      inter["head_dot_product_proj_tokens_input"] = emb / 2.0
+      inter["head_dot_product_proj_tokens"] = tokens
+    out = dict(dot_product_logits=jnp.concatenate(logits, 1), box_regression=jnp.concatenate(boxes, 1),
+               centerness=jnp.concatenate(ctr, 1))
+    return out, inter
+
+
+class GLIP(nnx.Module):
+  """`images` [B,H,W,3] (normalised BGR, see glipjax/data/transforms.py), `input_ids`/`attention_mask` [B,T] ->
+  dict(dot_product_logits [B,A,T], box_regression [B,A,4], centerness [B,A]) (+ `intermediates` if capture)."""
+
+  def __init__(self, model_cfg, *, rngs: nnx.Rngs):
+    kw = dict(dtype=DTYPES[model_cfg.dtype], param_dtype=DTYPES[model_cfg.param_dtype], rngs=rngs)
+    if model_cfg.head.joint_embed != model_cfg.dyhead.channels:
+      raise ValueError("head.joint_embed must equal dyhead.channels: visual features are scored unprojected")
+    self.backbone = SwinTransformer(model_cfg.swin, **kw)
+    in_ch = [self.backbone.num_features[i] for i in model_cfg.swin.out_indices]
+    self.fpn = FPN(in_ch, model_cfg.fpn.out_channels, drop_block_prob=model_cfg.fpn.drop_block_prob,
+                   drop_block_size=model_cfg.fpn.drop_block_size, **kw)
+    self.language_backbone = BertModel(model_cfg.language, **kw)
+    self.head = VLDyHead(model_cfg, **kw)
+    self.out_indices = tuple(model_cfg.swin.out_indices)
+    self.compute_dtype = kw["dtype"]
+
+  def encode_image(self, images: jax.Array, *, deterministic: bool = True) -> list[jax.Array]:
+    stages = self.backbone(images.astype(self.compute_dtype), deterministic=deterministic)
+    return self.fpn([stages[i] for i in self.out_indices], deterministic=deterministic)
+
+  def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array, *, deterministic: bool = True):
+    return self.language_backbone(input_ids, attention_mask, deterministic=deterministic)
+
+  def __call__(self, images, input_ids, attention_mask, *, deterministic: bool = True, capture: bool = False):
+    visual = self.encode_image(images, deterministic=deterministic)
+    lang = self.encode_text(input_ids, attention_mask, deterministic=deterministic)
+    out, inter = self.head(visual, lang, attention_mask, deterministic=deterministic, capture=capture)
+    out = {k: v.astype(jnp.float32) for k, v in out.items()}
+    if capture:
+      inter.update({f"fpn_p{l + 3}": p for l, p in enumerate(visual)})
+      inter["lang_hidden"] = lang
+      out["intermediates"] = inter
+    return out
+
+
+def count_params(module: nnx.Module) -> int:
+  return sum(int(v.size) for _, v in nnx.to_flat_state(nnx.state(module, nnx.Param)))
