@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pathlib
+import pickle
 import zipfile
 from typing import Mapping
 
@@ -50,8 +51,12 @@ def export_official(model) -> dict[str, np.ndarray]:
   return torch_state_from_module(model, renames=EXPORT_RENAMES)
 
 
-def load_official_checkpoint(path: str | pathlib.Path, *, use_ema: bool = False) -> dict[str, np.ndarray]:
-  """Reads `.npz` (a flat state dict) or a torch `.pth`/`.pt` checkpoint ({"model": ..., "model_ema": ...})."""
+def load_official_checkpoint(path: str | pathlib.Path, *, use_ema: bool = False,
+                             trusted: bool = False) -> dict[str, np.ndarray]:
+  """Reads `.npz` (a flat state dict) or a torch `.pth`/`.pt` checkpoint ({"model": ..., "model_ema": ...}).
+
+  Torch files are unpickled with `weights_only=True` (tensors, containers and numbers only) unless `trusted`.
+  """
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -63,12 +68,14 @@ def load_official_checkpoint(path: str | pathlib.Path, *, use_ema: bool = False)
       import torch
     except ImportError as e:
       raise ImportError(f"reading {path} needs PyTorch (pip install torch==2.13.0)") from e
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-  except (zipfile.BadZipFile, ValueError, EOFError, RuntimeError, OSError) as e:
+    ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
+  except (zipfile.BadZipFile, pickle.UnpicklingError, ValueError, EOFError, RuntimeError, OSError) as e:
     raise ValueError(f"checkpoint {path} is corrupt or not a GLIP checkpoint: {e}") from e
   if isinstance(ckpt, dict) and ("model" in ckpt or "model_ema" in ckpt):
     key = "model_ema" if use_ema else "model"
     if key not in ckpt:
       raise KeyError(f"checkpoint {path} has no {key!r} entry (has {sorted(ckpt)})")
     ckpt = ckpt[key]
+  if not isinstance(ckpt, dict):
+    raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
   return {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in ckpt.items()}

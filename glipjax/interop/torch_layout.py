@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -82,7 +84,7 @@ def load_torch_state(module: nnx.Module, state: Mapping[str, Any], *, prefix: st
     path = tuple(int(p) if p.isdigit() else p for p in parts) + (name,)
     if path in assigned:
       raise ValueError(f"state-dict keys {assigned[path]!r} and {raw_key!r} both map to {path}")
-    var[...] = array.astype(var.dtype)
+    var.set_value(jnp.asarray(array, var.dtype))  # also fills abstract (eval_shape) models
     assigned[path] = raw_key
   if strict:
     missing = [".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(module, nnx.Param))
@@ -103,7 +105,12 @@ def torch_state_from_module(module: nnx.Module, *, prefix: str = "",
   for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
     parts = [str(p) for p in path]
     owner = _walk(module, parts[:-1], ".".join(parts))
-    leaf, array = parts[-1], np.asarray(var[...])
+    value = var.get_value()
+    if isinstance(value, jax.ShapeDtypeStruct):  # abstract model: a zero-stride view carries the shape for free
+      array = np.lib.stride_tricks.as_strided(np.zeros((), value.dtype), value.shape, (0,) * len(value.shape))
+    else:
+      array = np.asarray(value)
+    leaf = parts[-1]
     for torch_leaf, (ours, _) in _leaf_rules(owner).items():
       if ours == leaf:
         leaf = torch_leaf

@@ -5,6 +5,8 @@ Windows are processed as one batched einsum; any image size works (right/bottom 
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ from flax import nnx
 from glipjax.models import layers as L
 
 
+@functools.lru_cache(maxsize=None)
 def _relative_position_index(window: int) -> np.ndarray:
   coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
   rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (window - 1)
@@ -47,7 +50,6 @@ class WindowAttention(nnx.Module):
     self.proj = L.Linear(dim, dim, axes=("heads", "embed"), **kw)
     self.relative_position_bias_table = L.param(
         rngs, nnx.initializers.truncated_normal(0.02), ((2 * window - 1) ** 2, num_heads), (None, None), param_dtype)
-    self.index = nnx.Variable(jnp.asarray(_relative_position_index(window)))  # constant, not a parameter
 
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
     """x: [B, nW, N, C] windows; mask: [nW, N, N] or None."""
@@ -57,7 +59,7 @@ class WindowAttention(nnx.Module):
     q, k, v = q[:, :, :, 0], k[:, :, :, 0], v[:, :, :, 0]
     q = q * (c // h) ** -0.5
     attn = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k)
-    bias = self.relative_position_bias_table[...][self.index[...]]  # [N, N, heads]
+    bias = self.relative_position_bias_table[...][_relative_position_index(self.window)]  # [N, N, heads]
     attn = attn + bias.transpose(2, 0, 1).astype(attn.dtype)
     if mask is not None:
       attn = attn + mask[None, :, None].astype(attn.dtype)

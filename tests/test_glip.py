@@ -1,0 +1,160 @@
+"""GLIP assembly: official parameter counts and state-dict layout (abstract), logical axes, a tiny forward pass,
+and official checkpoint import/export (strictness, prefixes, file formats, clear errors)."""
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import glipjax  # noqa: F401
+from configs import glip_l, glip_t
+from configs.model import glip_model
+from glipjax import summary
+from glipjax.interop.official import IGNORE, export_official, import_official, load_official_checkpoint
+from glipjax.models.glip import GLIP
+
+# Official counts (fixture README §5, state_dict_shapes_summary.json): parameters, buffers excluded.
+OFFICIAL = {
+    "glip_t_c": dict(total=231_780_222, backbone=27_520_506, fpn=3_295_232, language_backbone=108_891_648,
+                     head=92_072_836),
+    "glip_l": dict(total=430_422_384, backbone=195_200_820, fpn=3_639_296, language_backbone=108_891_648,
+                   head=122_690_620),
+}
+SHAPES_JSON = {"glip_t_c": "state_dict_shapes_glip_t.json", "glip_l": "state_dict_shapes_glip_l.json"}
+
+
+@pytest.fixture(scope="module", params=sorted(OFFICIAL))
+def abstract(request):
+  return request.param, summary.abstract_model(glip_model(request.param))
+
+
+def test_param_counts_match_official(abstract):
+  variant, model = abstract
+  counts = summary.param_counts(model)
+  assert {k: counts[k] for k in OFFICIAL[variant]} == OFFICIAL[variant]
+  assert counts["dyhead_tower"] < counts["head"]
+
+
+def test_export_layout_matches_official_state_dict(abstract, reference_dir):
+  """Every official key (less ignored buffers) with its exact shape, and nothing else: strict load_state_dict."""
+  variant, model = abstract
+  official = json.loads((reference_dir.parent / SHAPES_JSON[variant]).read_text())
+  expected = {k: tuple(v["shape"]) for k, v in official.items() if not any(re.search(p, k) for p in IGNORE)}
+  ours = {k: v.shape for k, v in export_official(model).items()}  # abstract model: zero-stride views
+  assert sorted(set(expected) - set(ours)) == [] and sorted(set(ours) - set(expected)) == []
+  assert {k: s for k, s in ours.items() if s != expected[k]} == {}
+
+
+def test_every_param_has_logical_axes():
+  model = summary.abstract_model(glip_model("tiny"))
+  bad = []
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    axes = var.get_metadata().get("out_sharding")
+    if axes is None or len(axes) != len(var.shape):
+      bad.append((".".join(map(str, path)), axes, var.shape))
+  assert bad == []
+
+
+def test_tiny_forward_shapes_and_finite():
+  cfg = glip_model("tiny")
+  model = GLIP(cfg, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  b, h, w, t = 2, 64, 96, 8
+  images = jnp.asarray(rng.normal(size=(b, h, w, 3)), jnp.float32)
+  ids = jnp.asarray(rng.integers(1, cfg.language.vocab_size, (b, t)))
+  mask = jnp.asarray([[1] * t, [1] * 5 + [0] * 3])
+  graphdef, state = nnx.split(model)
+  out = jax.jit(lambda s: nnx.merge(graphdef, s)(images, ids, mask, capture=True))(state)
+  levels = [(-(-h // s), -(-w // s)) for s in cfg.anchors.strides]
+  a = sum(hh * ww for hh, ww in levels)
+  assert out["dot_product_logits"].shape == (b, a, t)
+  assert out["box_regression"].shape == (b, a, 4)
+  assert out["centerness"].shape == (b, a)
+  for k in ("dot_product_logits", "box_regression", "centerness"):
+    assert np.isfinite(np.asarray(out[k])).all(), k
+  inter = out["intermediates"]
+  for lvl, (hh, ww) in enumerate(levels):
+    assert inter[f"fpn_p{lvl + 3}"].shape == (b, hh, ww, cfg.fpn.out_channels)
+    assert inter[f"box_regression_l{lvl}"].shape == (b, hh, ww, 4)
+  # Flattening is level-major, row-major within a level: the last P3 anchor is P3's bottom-right location.
+  n3 = levels[0][0] * levels[0][1]
+  np.testing.assert_array_equal(out["box_regression"][:, n3 - 1], inter["box_regression_l0"][:, -1, -1])
+  np.testing.assert_array_equal(out["box_regression"][:, n3], inter["box_regression_l1"][:, 0, 0])
+  # Head initialisation: bias0 = -log((1 - p) / p) with prior 0.01, unit scales, zero log_scale.
+  np.testing.assert_allclose(model.head.bias0[...], -np.log(99.0), rtol=1e-6)
+  assert [float(s.scale[0]) for s in model.head.scales] == [1.0] * 5
+
+
+def test_configs_select_variants():
+  assert glip_t.get_config("a").model.dyhead.fusion is False
+  assert glip_t.get_config("c").model.variant == "glip_t_c"
+  with pytest.raises(ValueError):
+    glip_t.get_config("x")
+  cl = glip_l.get_config()
+  assert cl.model.swin.embed_dim == 192 and cl.model.dyhead.num_layers == 8 and cl.optim.weight_decay == 0.01
+
+
+# ---- official checkpoint import ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fixture_weights(reference_dir):
+  return load_official_checkpoint(reference_dir / "weights.npz")
+
+
+def _fixture_model(reference_dir):
+  from configs.model import fixture_model
+  cfg = fixture_model(json.loads((reference_dir / "config.json").read_text())["tiny_hparams"])
+  return nnx.eval_shape(lambda: GLIP(cfg, rngs=nnx.Rngs(0)))
+
+
+def test_import_export_round_trip(reference_dir, fixture_weights):
+  model = _fixture_model(reference_dir)
+  ddp = {"module." + k: v for k, v in fixture_weights.items()}  # DDP-trained checkpoints prefix `module.`
+  import_official(model, ddp)
+  back = export_official(model)
+  expected = {k: v for k, v in fixture_weights.items() if not any(re.search(p, k) for p in IGNORE)}
+  assert set(back) == set(expected)
+  for k, v in expected.items():
+    np.testing.assert_array_equal(back[k], v, err_msg=k)
+  # A torch (out, in) Linear weight lands transposed.
+  np.testing.assert_array_equal(np.asarray(model.head.dot_product_projection_text.kernel[...]),
+                                fixture_weights["rpn.head.dot_product_projection_text.weight"].T)
+
+
+def test_import_errors(reference_dir, fixture_weights):
+  missing = dict(fixture_weights)
+  del missing["rpn.head.bias0"]
+  with pytest.raises(KeyError, match="not found"):
+    import_official(_fixture_model(reference_dir), missing)
+  with pytest.raises(KeyError, match="no submodule"):
+    import_official(_fixture_model(reference_dir), {**fixture_weights, "rpn.head.extra.weight": np.zeros(3)})
+  bad = dict(fixture_weights, **{"rpn.head.bbox_pred.weight": np.zeros((4, 64, 3, 3), np.float32)})
+  with pytest.raises(ValueError, match="shape"):
+    import_official(_fixture_model(reference_dir), bad)
+
+
+def test_checkpoint_files(tmp_path, fixture_weights):
+  corrupt = tmp_path / "bad.pth"
+  corrupt.write_bytes(b"not a checkpoint")
+  with pytest.raises(ValueError, match="corrupt"):
+    load_official_checkpoint(corrupt)
+  (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
+  with pytest.raises(ValueError, match="corrupt"):
+    load_official_checkpoint(tmp_path / "bad.npz")
+  with pytest.raises(FileNotFoundError):
+    load_official_checkpoint(tmp_path / "absent.pth")
+  torch = pytest.importorskip("torch")
+  small = {k: v for k, v in fixture_weights.items() if k.startswith("rpn.head.") and "tower" not in k}
+  ckpt = {"model": {"module." + k: torch.from_numpy(v) for k, v in small.items()},
+          "model_ema": {"module." + k: torch.from_numpy(v + 1) for k, v in small.items()}, "iteration": 7}
+  torch.save(ckpt, tmp_path / "ckpt.pth")
+  got = load_official_checkpoint(tmp_path / "ckpt.pth")
+  np.testing.assert_array_equal(got["module.rpn.head.bias0"], small["rpn.head.bias0"])
+  ema = load_official_checkpoint(tmp_path / "ckpt.pth", use_ema=True)
+  np.testing.assert_array_equal(ema["module.rpn.head.bias0"], small["rpn.head.bias0"] + 1)
+  torch.save({"model": ckpt["model"]}, tmp_path / "no_ema.pth")
+  with pytest.raises(KeyError, match="model_ema"):
+    load_official_checkpoint(tmp_path / "no_ema.pth", use_ema=True)
