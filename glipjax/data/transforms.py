@@ -1,0 +1,110 @@
+"""Per-example numpy preprocessing: validation, resize, flip, normalisation, padding, tokens and positive maps."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from PIL import Image
+
+from glipjax.text.prompts import token_map_from_spans
+from glipjax.text.tokenizers import Tokenizer
+
+PIXEL_MEAN_BGR = np.array([103.53, 116.28, 123.675], np.float32)
+PIXEL_STD_BGR = np.array([57.375, 57.12, 58.395], np.float32)
+
+
+class BadExample(ValueError):
+  """An example that cannot be used (corrupt image, no valid box, ...): the pipeline skips and counts it."""
+
+
+def normalize(image_rgb_uint8: np.ndarray) -> np.ndarray:
+  """GLIP's input: BGR in 0..255, minus PIXEL_MEAN, over PIXEL_STD."""
+  return (image_rgb_uint8[..., ::-1].astype(np.float32) - PIXEL_MEAN_BGR) / PIXEL_STD_BGR
+
+
+def sanitize_boxes(boxes: np.ndarray, box_phrase: np.ndarray, hw: tuple[int, int], num_phrases: int):
+  """Clips boxes to the image and drops non-finite, degenerate or unphrased ones. Returns (boxes, phrase, dropped)."""
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  box_phrase = np.asarray(box_phrase, np.int32).reshape(-1)
+  if len(boxes) != len(box_phrase):
+    raise BadExample(f"{len(boxes)} boxes but {len(box_phrase)} phrase indices")
+  finite = np.isfinite(boxes).all(1)
+  boxes = np.where(finite[:, None], boxes, 0.0)
+  boxes[:, 0::2] = boxes[:, 0::2].clip(0, hw[1] - 1)
+  boxes[:, 1::2] = boxes[:, 1::2].clip(0, hw[0] - 1)
+  ok = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (box_phrase >= 0) & \
+      (box_phrase < num_phrases)
+  return boxes[ok], box_phrase[ok], int((~ok).sum())
+
+
+def resize(image: np.ndarray, boxes: np.ndarray, short_side: int, max_size: int):
+  """Resizes so the short side is `short_side` and the long side at most `max_size`; scales boxes."""
+  h, w = image.shape[:2]
+  scale = min(short_side / min(h, w), max_size / max(h, w))
+  nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+  if (nh, nw) != (h, w):
+    image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+  return image, boxes
+
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b")
+
+
+def swap_left_right(caption: str, spans: np.ndarray) -> tuple[str, np.ndarray]:
+  """Keeps a caption true under a horizontal flip: 'left' <-> 'right', with character spans moved to match."""
+  pieces, shift_at, pos = [], [], 0
+  for m in _LEFT_RIGHT.finditer(caption):
+    pieces.append(caption[pos:m.start()])
+    new = "right" if m.group(1) == "left" else "left"
+    pieces.append(new)
+    shift_at.append((m.end(), len(new) - len(m.group(1))))
+    pos = m.end()
+  pieces.append(caption[pos:])
+
+  def moved(i):
+    return i + sum(d for end, d in shift_at if end <= i)
+
+  spans = np.array([[moved(b), moved(e)] for b, e in np.asarray(spans).reshape(-1, 2)], np.int32).reshape(-1, 2)
+  return "".join(pieces), spans
+
+
+def hflip(image: np.ndarray, boxes: np.ndarray, caption: str, spans: np.ndarray):
+  w = image.shape[1]
+  boxes = boxes.copy()
+  boxes[:, [0, 2]] = (w - 1) - boxes[:, [2, 0]]
+  caption, spans = swap_left_right(caption, spans)
+  return image[:, ::-1], boxes, caption, spans
+
+
+def pad_to(x: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, n - x.shape[axis])
+  return np.pad(x, pad)
+
+
+def encode_example(image: np.ndarray, caption: str, boxes: np.ndarray, box_phrase: np.ndarray,
+                   phrase_spans: np.ndarray, tokenizer: Tokenizer, *, canvas: tuple[int, int], max_boxes: int,
+                   max_phrases: int, max_query_len: int) -> dict[str, np.ndarray]:
+  """The static-shape training/eval example (already resized/flipped)."""
+  h, w = image.shape[:2]
+  if h > canvas[0] or w > canvas[1]:
+    raise BadExample(f"image {h}x{w} larger than the canvas {canvas}")
+  tok = tokenizer.encode(caption, max_query_len)
+  phrase_spans = np.asarray(phrase_spans, np.int32).reshape(-1, 2)[:max_phrases]
+  phrase_map = token_map_from_spans(tok.offsets, [[tuple(s)] for s in phrase_spans], max_query_len)
+  live = phrase_map.sum(1) > 0  # phrases cut off by truncation lose their boxes
+  keep = (box_phrase < len(phrase_spans)) & live[np.minimum(box_phrase, len(live) - 1)]
+  boxes, box_phrase = boxes[keep][:max_boxes], box_phrase[keep][:max_boxes]
+  if len(boxes) == 0:
+    raise BadExample("no box left after validation/truncation")
+  canvas_img = np.zeros(canvas + (3,), np.float32)
+  canvas_img[:h, :w] = normalize(image)
+  n = len(boxes)
+  return dict(
+      image=canvas_img, image_hw=np.array([h, w], np.int32),
+      input_ids=tok.input_ids, attention_mask=tok.attention_mask,
+      boxes=pad_to(boxes.astype(np.float32), max_boxes), box_mask=np.arange(max_boxes) < n,
+      box_labels=pad_to((box_phrase + 1).astype(np.int32), max_boxes),
+      positive_map=pad_to(phrase_map[box_phrase], max_boxes),
+      phrase_map=pad_to(phrase_map, max_phrases), phrase_mask=pad_to(live, max_phrases))
