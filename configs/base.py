@@ -1,7 +1,7 @@
-"""Defaults shared by every launchable config: model, data, optimisation, checkpointing, evaluation.
+"""Defaults shared by every launchable config: model, data, optimisation, training, evaluation, checkpoints, mesh.
 
-Launchable configs (`glip_t.py`, `glip_l.py`, `tiny.py`) call `get_config(model=...)` and override.
-Every key that exists is documented here; `--config.foo=bar` on an unknown key is an error.
+Launchable configs (`glip_t.py`, `glip_l.py`, `tiny.py`) call `get_config(model=...)` and override values.
+Every key that exists is here; `--config.x.y=z` on an unknown key is an error.
 """
 import ml_collections
 
@@ -13,14 +13,35 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
   c.seed = 0
   c.model = model if model is not None else model_lib.glip_model("glip_t_c")
 
-  # Data: a TFDS dataset name (+ builder kwargs) read through tfds.data_source and grain.
-  c.data = ml_collections.ConfigDict()
+  # Data (glipjax/data/pipeline.py): a TFDS dataset read through tfds.data_source + grain.
+  c.data = ml_collections.ConfigDict(dict(
+      name="synthetic_grounding", builder_config="default", data_dir="runs/tfds",
+      train_short_sides=(480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800), max_size=1333,
+      eval_short_side=800, canvas=(1344, 1344), flip_prob=0.5, max_boxes=100, max_phrases=100, num_workers=0,
+      tokenizer="wordpiece", tokenizer_path="",   # a vocab.txt (wordpiece) or a .model (sentencepiece)
+      sentencepiece_vocab_size=0,                  # > 0: train a sentencepiece model on the captions first
+  ))
 
-  # Optimisation (official recipe, DESIGN.md §1).
-  c.optim = ml_collections.ConfigDict()
+  # Official recipe (DESIGN.md §1): AdamW, language backbone lr x0.1, no decay on biases/norms, warmup + steps.
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4, language_lr_factor=0.1, weight_decay=1e-4, b1=0.9, b2=0.999,
+      warmup_steps=2000, schedule="multistep", decay_at=(0.67, 0.89), decay_factor=0.1,
+      grad_clip_norm=1.0, ema_decay=0.0))   # ema_decay > 0 keeps EMA params (official 0.999) and evaluates them
 
-  c.train = ml_collections.ConfigDict()
-  c.eval = ml_collections.ConfigDict()
-  c.checkpoint = ml_collections.ConfigDict()
-  c.mesh = ml_collections.ConfigDict()
+  c.train = ml_collections.ConfigDict(dict(
+      global_batch_size=64, num_steps=100_000, log_every=50, eval_every=5000, checkpoint_every=1000,
+      focal_alpha=0.25, focal_gamma=2.0, reg_loss_weight=2.0))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      global_batch_size=8, pre_nms_thresh=0.05, pre_nms_top_n=1000, nms_thresh=0.6, detections_per_img=100,
+      num_pictures=8, picture_score_thresh=0.3))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
+
+  # Mesh axes and the rules that map the logical parameter axes (glipjax/models/layers.py) onto them.
+  c.mesh = ml_collections.ConfigDict(dict(
+      axes=("data", "fsdp", "tensor"), shape=(-1, 1, 1),   # -1: all remaining devices
+      rules=(("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"),
+             ("conv_in", None), ("conv_out", "tensor"), ("norm", None)),
+      batch_axes=("data", "fsdp")))
   return c

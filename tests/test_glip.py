@@ -58,15 +58,17 @@ def test_every_param_has_logical_axes():
   assert bad == []
 
 
-def test_tiny_forward_shapes_and_finite():
-  cfg = glip_model("tiny")
-  model = GLIP(cfg, rngs=nnx.Rngs(0))
+def _tiny_inputs(cfg, b=2, h=64, w=96, t=8):
   rng = np.random.default_rng(0)
-  b, h, w, t = 2, 64, 96, 8
   images = jnp.asarray(rng.normal(size=(b, h, w, 3)), jnp.float32)
   ids = jnp.asarray(rng.integers(1, cfg.language.vocab_size, (b, t)))
-  mask = jnp.asarray([[1] * t, [1] * 5 + [0] * 3])
-  graphdef, state = nnx.split(model)
+  mask = jnp.asarray([[1] * t, [1] * 5 + [0] * (t - 5)])
+  return images, ids, mask
+
+
+def _check_forward(cfg, graphdef, state):
+  images, ids, mask = _tiny_inputs(cfg)
+  (b, h, w, _), t = images.shape, ids.shape[1]
   out = jax.jit(lambda s: nnx.merge(graphdef, s)(images, ids, mask, capture=True))(state)
   levels = [(-(-h // s), -(-w // s)) for s in cfg.anchors.strides]
   a = sum(hh * ww for hh, ww in levels)
@@ -83,9 +85,30 @@ def test_tiny_forward_shapes_and_finite():
   n3 = levels[0][0] * levels[0][1]
   np.testing.assert_array_equal(out["box_regression"][:, n3 - 1], inter["box_regression_l0"][:, -1, -1])
   np.testing.assert_array_equal(out["box_regression"][:, n3], inter["box_regression_l1"][:, 0, 0])
-  # Head initialisation: bias0 = -log((1 - p) / p) with prior 0.01, unit scales, zero log_scale.
+  return out
+
+
+def test_tiny_forward_shapes_and_finite():
+  """Random weights filled into the abstract model (eager init of every parameter is slow on 2 cores)."""
+  cfg = glip_model("tiny")
+  graphdef, params, rest = nnx.split(summary.abstract_model(cfg), nnx.Param, ...)
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), params)
+  rest = jax.tree.map(lambda s: jax.random.key(0) if jax.dtypes.issubdtype(s.dtype, jax.dtypes.prng_key)
+                      else jnp.zeros(s.shape, s.dtype), rest)
+  _check_forward(cfg, graphdef, nnx.merge_state(params, rest))
+
+
+@pytest.mark.slow
+def test_tiny_init_and_forward():
+  cfg = glip_model("tiny")
+  model = GLIP(cfg, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  _check_forward(cfg, graphdef, state)
+  # Head initialisation: bias0 = cls_logits bias = -log((1 - p) / p) with prior 0.01, unit scales, log_scale 0.
   np.testing.assert_allclose(model.head.bias0[...], -np.log(99.0), rtol=1e-6)
-  assert [float(s.scale[0]) for s in model.head.scales] == [1.0] * 5
+  np.testing.assert_allclose(model.head.cls_logits.bias[...], -np.log(99.0), rtol=1e-6)
+  assert [float(s.scale[0]) for s in model.head.scales] == [1.0] * 5 and float(model.head.log_scale[0]) == 0.0
 
 
 def test_configs_select_variants():

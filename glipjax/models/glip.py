@@ -91,21 +91,32 @@ class GLIP(nnx.Module):
     self.out_indices = tuple(model_cfg.swin.out_indices)
     self.compute_dtype = kw["dtype"]
 
+  def _stages(self, images: jax.Array, deterministic: bool) -> list[jax.Array]:
+    return self.backbone(images.astype(self.compute_dtype), deterministic=deterministic)
+
   def encode_image(self, images: jax.Array, *, deterministic: bool = True) -> list[jax.Array]:
-    stages = self.backbone(images.astype(self.compute_dtype), deterministic=deterministic)
+    """[B,H,W,3] -> [P3..P7], NHWC."""
+    stages = self._stages(images, deterministic)
     return self.fpn([stages[i] for i in self.out_indices], deterministic=deterministic)
 
   def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array, *, deterministic: bool = True):
+    """[B,T] ids and mask -> last BERT hidden layer [B,T,H] (unmasked; the tower starts from it)."""
     return self.language_backbone(input_ids, attention_mask, deterministic=deterministic)
 
   def __call__(self, images, input_ids, attention_mask, *, deterministic: bool = True, capture: bool = False):
-    visual = self.encode_image(images, deterministic=deterministic)
+    stages = self._stages(images, deterministic)
+    visual = self.fpn([stages[i] for i in self.out_indices], deterministic=deterministic)
     lang = self.encode_text(input_ids, attention_mask, deterministic=deterministic)
     out, inter = self.head(visual, lang, attention_mask, deterministic=deterministic, capture=capture)
     out = {k: v.astype(jnp.float32) for k, v in out.items()}
     if capture:
+      inter.update({f"backbone_stage{i + 2}": s for i, s in enumerate(stages)})
       inter.update({f"fpn_p{l + 3}": p for l, p in enumerate(visual)})
+      m = attention_mask.astype(lang.dtype)
       inter["lang_hidden"] = lang
+      inter["lang_masks"] = attention_mask
+      inter["lang_embedded"] = lang * m[..., None]
+      inter["lang_aggregate"] = inter["lang_embedded"].sum(1) / m.sum(1, keepdims=True)  # informational only
       out["intermediates"] = inter
     return out
 

@@ -1,0 +1,37 @@
+"""Config files (ml_collections `get_config(arg)`), overrides, and the resolved copy saved in the workdir."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import ml_collections
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+  path = pathlib.Path(workdir) / "config.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(config.to_json_best_effort(indent=2))
+
+
+def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The resolved config a training run saved; evaluate and predict rebuild the model from it."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: is {workdir} a glipjax training workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """Sets dotted keys (`{"train.num_steps": 10}`); an unknown key is an error, as on the command line."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for dotted, value in overrides.items():
+    node, *_ = config, None
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+      if p not in node:
+        raise KeyError(f"unknown config key {dotted!r} (no {p!r})")
+      node = node[p]
+    if parts[-1] not in node:
+      raise KeyError(f"unknown config key {dotted!r}; known keys here: {sorted(node.keys())}")
+    node[parts[-1]] = value
+  return config
