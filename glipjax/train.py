@@ -96,7 +96,7 @@ def make_train_step(s: Setup):
     rest = nnx.state(model, nnx.Not(nnx.Param))
 
     def loss_fn(params, rest):
-      model = nnx.merge(s.graphdef, params, rest)
+      model = nnx.merge(s.graphdef, params, rest, copy=True)  # fresh variables: dropout advances its RNG count
       out = model(batch["image"], batch["input_ids"], batch["attention_mask"], deterministic=False)
       return glip_loss(out, batch, s.anchors, s.level_counts, focal_alpha=cfg.train.focal_alpha,
                        focal_gamma=cfg.train.focal_gamma, reg_loss_weight=cfg.train.reg_loss_weight)

@@ -113,11 +113,25 @@ def test_tiny_init_and_forward():
 
 def test_configs_select_variants():
   assert glip_t.get_config("a").model.dyhead.fusion is False
-  assert glip_t.get_config("c").model.variant == "glip_t_c"
+  c = glip_t.get_config("c")
+  assert c.model.variant == "glip_t_c" and c.optim.weight_decay == 1e-4
   with pytest.raises(ValueError):
     glip_t.get_config("x")
   cl = glip_l.get_config()
   assert cl.model.swin.embed_dim == 192 and cl.model.dyhead.num_layers == 8 and cl.optim.weight_decay == 0.01
+
+
+def test_summary_cli(capsys):
+  from absl import flags
+  from ml_collections import config_flags
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  values(["summary", "--config", "configs/glip_t.py:a", "--config.model.dyhead.num_layers=1"])
+  text = summary.summarize(values.config.model)
+  assert "variant=glip_t_a" in text and text.splitlines()[-1].startswith("total_params=")
+  total = int(text.splitlines()[-1].split("=")[1])
+  assert total == sum(summary.param_counts(summary.abstract_model(values.config.model))[k]
+                      for k in ("backbone", "fpn", "language_backbone", "head"))
 
 
 # ---- official checkpoint import ----------------------------------------------------------------------------
