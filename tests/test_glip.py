@@ -1,7 +1,10 @@
 """GLIP assembly: official parameter counts and state-dict layout (abstract), logical axes, a tiny forward pass,
 and official checkpoint import/export (strictness, prefixes, file formats, clear errors)."""
 import json
+import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +26,7 @@ OFFICIAL = {
     "glip_l": dict(total=430_422_384, backbone=195_200_820, fpn=3_639_296, language_backbone=108_891_648,
                    head=122_690_620),
 }
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SHAPES_JSON = {"glip_t_c": "state_dict_shapes_glip_t.json", "glip_l": "state_dict_shapes_glip_l.json"}
 
 
@@ -121,17 +125,16 @@ def test_configs_select_variants():
   assert cl.model.swin.embed_dim == 192 and cl.model.dyhead.num_layers == 8 and cl.optim.weight_decay == 0.01
 
 
-def test_summary_cli(capsys):
-  from absl import flags
-  from ml_collections import config_flags
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
-  values(["summary", "--config", "configs/glip_t.py:a", "--config.model.dyhead.num_layers=1"])
-  text = summary.summarize(values.config.model)
-  assert "variant=glip_t_a" in text and text.splitlines()[-1].startswith("total_params=")
-  total = int(text.splitlines()[-1].split("=")[1])
-  assert total == sum(summary.param_counts(summary.abstract_model(values.config.model))[k]
-                      for k in ("backbone", "fpn", "language_backbone", "head"))
+def test_summary_cli():
+  """The real command line: config file with its arg, a `--config.` override, the `total_params=` last line."""
+  res = subprocess.run([sys.executable, "-m", "glipjax.summary", "--config", "configs/glip_t.py:a",
+                        "--config.model.dyhead.num_layers=1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert res.returncode == 0, res.stderr
+  lines = res.stdout.strip().splitlines()
+  assert "variant=glip_t_a" in lines[0] and lines[-1].startswith("total_params=")
+  rows = {l.split()[0]: int(l.split()[1].replace(",", "")) for l in lines[2:-2]}
+  assert int(lines[-1].split("=")[1]) == sum(rows[k] for k in ("backbone", "fpn", "language_backbone", "head"))
+  assert rows["backbone"] == OFFICIAL["glip_t_c"]["backbone"] and rows["head"] < OFFICIAL["glip_t_c"]["head"]
 
 
 # ---- official checkpoint import ----------------------------------------------------------------------------

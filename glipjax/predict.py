@@ -1,0 +1,112 @@
+"""Detect the phrases of a prompt in an image with a trained run, and draw them.
+
+  python -m glipjax.predict --workdir runs/quickstart --image picture.png --prompt "red circle. blue square."
+
+Writes `<output>.png` (boxes, phrase labels, scores) and `<output>.json` (COCO results format; category_id is the
+phrase index in the prompt, 1-based, and `phrase` names it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+import glipjax  # noqa: F401
+from glipjax import config_utils, evaluate, sharding, train, visualize
+from glipjax.data import transforms
+from glipjax.ops.postprocess import to_coco_results
+from glipjax.text.prompts import token_map_from_spans
+
+
+def split_prompt(prompt: str) -> tuple[str, list[str], list[tuple[int, int]]]:
+  """'red circle. blue square.' -> phrases and their character spans in the cleaned prompt."""
+  phrases = [p.strip() for p in prompt.split(".") if p.strip()]
+  if not phrases:
+    raise ValueError("empty prompt: give phrases separated by '.', e.g. 'red circle. blue square.'")
+  text, spans = "", []
+  for p in phrases:
+    spans.append((len(text), len(text) + len(p)))
+    text += p + ". "
+  return text.strip(), phrases, spans
+
+
+def load_image(path: str) -> np.ndarray:
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+    raise ValueError(f"cannot read image {path!r}: {e}") from e
+
+
+def predict(workdir: str | pathlib.Path, image: np.ndarray, prompt: str, *, score_thresh: float | None = None):
+  """Returns (detections list of dicts in original-image pixels, PIL picture)."""
+  workdir = pathlib.Path(workdir)
+  config = config_utils.load_workdir_config(workdir)
+  text, phrases, spans = split_prompt(prompt)
+  s = train.build(config)
+  tokenizer = train.prepare_tokenizer(config, workdir)
+  c = config.data
+  # Any size works: the long side is capped at min(max_size, canvas) and the rest padded.
+  resized, _ = transforms.resize(image, np.zeros((0, 4), np.float32), c.eval_short_side,
+                                 min(c.max_size, *c.canvas))
+  tok = tokenizer.encode(text, config.model.max_query_len)
+  if tok.truncated:
+    print(f"warning: the prompt is longer than {config.model.max_query_len} tokens and was truncated",
+          file=sys.stderr)
+  phrase_map = token_map_from_spans(tok.offsets, [[sp] for sp in spans], config.model.max_query_len)
+  phrase_map = transforms.pad_to(phrase_map[:c.max_phrases], c.max_phrases)
+  h, w = resized.shape[:2]
+  canvas = np.zeros(tuple(c.canvas) + (3,), np.float32)
+  canvas[:h, :w] = transforms.normalize(resized)
+  batch = dict(image=canvas[None], input_ids=tok.input_ids[None], attention_mask=tok.attention_mask[None],
+               phrase_map=phrase_map[None], phrase_mask=(phrase_map.sum(-1) > 0)[None],
+               image_hw=np.array([[h, w]], np.int32))
+  with jax.set_mesh(s.mesh):
+    mngr = train.checkpoint_manager(workdir, config)
+    step, state = train.restore_latest(mngr, s)
+    if state is None:
+      raise FileNotFoundError(f"no readable checkpoint under {workdir / 'checkpoints'}")
+    _, rest = s.init()
+    fn = evaluate.make_predict_fn(s.graphdef, s.anchors, s.level_counts, config.eval)
+    dets = jax.tree.map(np.asarray, fn(state.get("ema", state["params"]), rest,
+                                       sharding.global_batch(batch, sharding.replicated(s.mesh))))
+  scales = np.array([[image.shape[0] / h, image.shape[1] / w]])
+  results = to_coco_results(dets, [0], scales)
+  thresh = config.eval.picture_score_thresh if score_thresh is None else score_thresh
+  results = [dict(r, phrase=phrases[r["category_id"] - 1]) for r in results if r["score"] >= thresh]
+  boxes = np.array([[x, y, x + bw - 1, y + bh - 1] for x, y, bw, bh in (r["bbox"] for r in results)]).reshape(-1, 4)
+  picture = visualize.draw_detections(image, boxes, [r["phrase"] for r in results], [r["score"] for r in results],
+                                      [r["category_id"] for r in results],
+                                      scale=max(1, 384 // max(image.shape[:2])))
+  return results, picture
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--image", required=True)
+  parser.add_argument("--prompt", required=True)
+  parser.add_argument("--output", default=None, help="output path without suffix (default: next to the image)")
+  parser.add_argument("--score-thresh", type=float, default=None)
+  args = parser.parse_args(argv)
+  try:
+    image = load_image(args.image)
+    results, picture = predict(args.workdir, image, args.prompt, score_thresh=args.score_thresh)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  out = pathlib.Path(args.output) if args.output else pathlib.Path(args.image).with_suffix("")
+  out = out.parent / (out.name + "_glip")
+  picture.save(out.with_suffix(".png"))
+  out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+  print(f"{len(results)} detections -> {out.with_suffix('.png')} and {out.with_suffix('.json')}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
