@@ -29,7 +29,8 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
       grad_clip_norm=1.0, ema_decay=0.0))   # ema_decay > 0 keeps EMA params (official 0.999) and evaluates them
 
   c.train = ml_collections.ConfigDict(dict(
-      global_batch_size=64, num_steps=100_000, log_every=50, eval_every=5000, checkpoint_every=1000,
+      global_batch_size=64, num_steps=100_000, log_every=50, checkpoint_every=1000,
+      eval_every=5000,  # and at the end; 0 = never
       focal_alpha=0.25, focal_gamma=2.0, reg_loss_weight=2.0))
 
   c.eval = ml_collections.ConfigDict(dict(

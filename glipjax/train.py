@@ -108,7 +108,7 @@ def make_train_step(s: Setup):
     if "ema" in state:
       d = cfg.optim.ema_decay
       new["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     return new, metrics
 
   return jax.jit(train_step, donate_argnums=(0,))
@@ -209,7 +209,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
       if done % config.train.checkpoint_every == 0 or done == num_steps:
         mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                 data=grain.checkpoint.CheckpointSave(train_iter)))
-      if done % config.train.eval_every == 0 or done == num_steps:
+      if config.train.eval_every > 0 and (done % config.train.eval_every == 0 or done == num_steps):
         params = state.get("ema", state["params"])
         eval_metrics = evaluate.evaluate(config, s.graphdef, params, rest, tokenizer, s.anchors, s.level_counts,
                                          mesh=s.mesh, workdir=workdir if done == num_steps else None)

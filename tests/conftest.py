@@ -31,3 +31,12 @@ def reference_dir() -> pathlib.Path:
   if not path.is_dir():
     pytest.skip(f"official GLIP reference fixtures not found at {path} (set GLIP_REFERENCE_DIR)")
   return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Several tests build the same tiny train step; XLA's persistent cache makes the repeats cheap."""
+  import jax
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  yield
