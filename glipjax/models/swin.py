@@ -137,8 +137,13 @@ class SwinStage(nnx.Module):
 class PatchEmbed(nnx.Module):
   def __init__(self, patch: int, dim: int, *, dtype, param_dtype, rngs):
     self.patch = patch
-    self.proj = L.Conv(3, dim, patch, strides=patch, padding="VALID", axes=(None, "embed"), dtype=dtype,
-                       param_dtype=param_dtype, rngs=rngs)
+    # PyTorch's default conv bias init (uniform +-1/sqrt(fan_in)), as the official model gets it. A zero bias would
+    # make patches of the zero canvas padding constant across channels, and the LayerNorms that follow would
+    # then amplify gradients by 1/sqrt(eps) each (~1e15 through Swin-T's stages when training from scratch).
+    bound = 1.0 / (3 * patch * patch) ** 0.5
+    bias_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    self.proj = L.Conv(3, dim, patch, strides=patch, padding="VALID", axes=(None, "embed"), bias_init=bias_init,
+                       dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm = L.LayerNorm(dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x):
