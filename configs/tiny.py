@@ -14,6 +14,6 @@ def get_config():
                 sentencepiece_vocab_size=128)
   c.optim.update(learning_rate=2e-3, language_lr_factor=1.0, weight_decay=1e-4, warmup_steps=100,
                  schedule="cosine", grad_clip_norm=1.0)
-  c.train.update(global_batch_size=16, num_steps=1500, log_every=25, eval_every=500, checkpoint_every=250)
+  c.train.update(global_batch_size=16, num_steps=1000, log_every=25, eval_every=500, checkpoint_every=250)
   c.eval.update(global_batch_size=20, pre_nms_top_n=100, detections_per_img=20, num_pictures=6)
   return c
