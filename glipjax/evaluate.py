@@ -125,13 +125,9 @@ def main(argv):
   s = train.build(config)
   tokenizer = train.prepare_tokenizer(config, workdir)
   with jax.set_mesh(s.mesh):
-    mngr = train.checkpoint_manager(workdir, config)
-    step, state = train.restore_latest(mngr, s)
-    if state is None:
-      raise SystemExit(f"no readable checkpoint under {workdir / 'checkpoints'}")
-    _, rest = s.init()
-    metrics = evaluate(config, s.graphdef, state.get("ema", state["params"]), rest, tokenizer, s.anchors,
-                       s.level_counts, mesh=s.mesh, workdir=workdir)
+    step, params, rest = train.restore_for_inference(s, workdir)
+    metrics = evaluate(config, s.graphdef, params, rest, tokenizer, s.anchors, s.level_counts, mesh=s.mesh,
+                       workdir=workdir)
   print(json.dumps(dict(metrics, step=int(step)), indent=2))
 
 

@@ -67,14 +67,9 @@ def predict(workdir: str | pathlib.Path, image: np.ndarray, prompt: str, *, scor
                phrase_map=phrase_map[None], phrase_mask=(phrase_map.sum(-1) > 0)[None],
                image_hw=np.array([[h, w]], np.int32))
   with jax.set_mesh(s.mesh):
-    mngr = train.checkpoint_manager(workdir, config)
-    step, state = train.restore_latest(mngr, s)
-    if state is None:
-      raise FileNotFoundError(f"no readable checkpoint under {workdir / 'checkpoints'}")
-    _, rest = s.init()
+    _, params, rest = train.restore_for_inference(s, workdir)
     fn = evaluate.make_predict_fn(s.graphdef, s.anchors, s.level_counts, config.eval)
-    dets = jax.tree.map(np.asarray, fn(state.get("ema", state["params"]), rest,
-                                       sharding.global_batch(batch, sharding.replicated(s.mesh))))
+    dets = jax.tree.map(np.asarray, fn(params, rest, sharding.global_batch(batch, sharding.replicated(s.mesh))))
   scales = np.array([[image.shape[0] / h, image.shape[1] / w]])
   results = to_coco_results(dets, [0], scales)
   thresh = config.eval.picture_score_thresh if score_thresh is None else score_thresh

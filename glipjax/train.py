@@ -136,6 +136,16 @@ def restore_latest(mngr: ocp.CheckpointManager, s: Setup, data_iter=None):
   return None, None
 
 
+def restore_for_inference(s: Setup, workdir: pathlib.Path):
+  """(step, params, rest) of the newest readable checkpoint: EMA params when the run keeps them. Call under
+  `jax.set_mesh(s.mesh)`."""
+  step, state = restore_latest(checkpoint_manager(workdir, s.config), s)
+  if state is None:
+    raise FileNotFoundError(f"no readable checkpoint under {workdir / 'checkpoints'}")
+  _, rest = s.init()
+  return step, state.get("ema", state["params"]), rest
+
+
 class JsonlWriter:
   def __init__(self, path: pathlib.Path, enabled: bool):
     self.path, self.enabled = path, enabled

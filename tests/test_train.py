@@ -98,9 +98,8 @@ def test_evaluate_writes_metrics_pictures_and_predict_works(full_run, data_dir, 
   import jax
   from glipjax import evaluate
   with jax.set_mesh(setup.mesh):
-    _, state = train.restore_latest(train.checkpoint_manager(workdir, config), setup)
-    _, rest = setup.init()
-    metrics = evaluate.evaluate(config, setup.graphdef, state["params"], rest,
+    _, params, rest = train.restore_for_inference(setup, workdir)
+    metrics = evaluate.evaluate(config, setup.graphdef, params, rest,
                                 train.prepare_tokenizer(config, workdir), setup.anchors, setup.level_counts,
                                 mesh=setup.mesh, workdir=workdir)
   assert set(evaluate.METRIC_NAMES) <= set(metrics) and all(0.0 <= v <= 1.0 for v in metrics.values())
