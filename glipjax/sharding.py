@@ -1,6 +1,8 @@
 """Mesh and shardings as config data: logical axis names on parameters -> mesh axes via `config.mesh.rules`."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Any
 
@@ -36,6 +38,30 @@ def logical_to_spec(axes, shape, mesh: Mesh, rules) -> P:
       out.append(mesh_axis)
       used.add(mesh_axis)
   return P(*out)
+
+
+_ACTIVATION_RULES: contextvars.ContextVar = contextvars.ContextVar("activation_rules", default=None)
+
+
+@contextlib.contextmanager
+def activation_rules(rules):
+  """While tracing under this context, `constrain` maps logical activation axes with `rules` (the config's
+  `mesh.rules`); outside it `constrain` is a no-op, so models run unchanged on one device and in tests."""
+  token = _ACTIVATION_RULES.set(tuple(tuple(r) for r in rules))
+  try:
+    yield
+  finally:
+    _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, axes) -> jax.Array:
+  """Sharding constraint on an activation by logical axis names (e.g. ("batch", "length", "embed")), resolved
+  against the mesh set by `jax.set_mesh` and the rules of the enclosing `activation_rules` context."""
+  rules = _ACTIVATION_RULES.get()
+  mesh = jax.sharding.get_abstract_mesh()
+  if rules is None or mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh, rules))
 
 
 def param_shardings(abstract_params: Any, mesh: Mesh, rules) -> Any:
