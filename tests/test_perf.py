@@ -1,0 +1,64 @@
+"""glipjax.perf: peak table lookup, XLA cost/memory summaries, matmul peak, MFU."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from glipjax import perf
+
+
+@pytest.mark.parametrize("kind,dtype,expected", [
+    ("TPU v4", "bfloat16", 275e12),
+    ("TPU v5 lite", jnp.bfloat16, 197e12),
+    ("TPU v5", "bfloat16", 459e12),
+    ("TPU v6 lite", "float32", 918e12),
+    ("NVIDIA H100 80GB HBM3", "bfloat16", 989e12),
+    ("NVIDIA H100 PCIe", "bfloat16", 756e12),
+    ("NVIDIA H200", jnp.float32, 495e12),
+    ("NVIDIA A100-SXM4-80GB", "float32", 156e12),
+])
+def test_peak_table(kind, dtype, expected):
+  assert perf.peak_flops_per_device(kind, dtype) == expected
+
+
+def test_peak_unknown_and_override():
+  assert perf.peak_flops_per_device("cpu", "float32") is None
+  assert perf.peak_flops_per_device("cpu", "float32", 3e11) == 3e11
+  assert perf.peak_flops_per_device("TPU v4", "bfloat16", 1e12) == 1e12  # the config's value wins
+  assert perf.peak_flops_per_device("TPU v4", "int8") is None
+
+
+class _FakeCompiled:
+  def __init__(self, analysis):
+    self.analysis = analysis
+
+  def cost_analysis(self):
+    return self.analysis
+
+
+def test_compiled_cost_shapes():
+  n, k, m = 32, 48, 16
+  compiled = jax.jit(lambda a, b: a @ b).lower(jnp.ones((n, k)), jnp.ones((k, m))).compile()
+  cost = perf.compiled_cost(compiled)
+  assert cost["flops"] == 2 * n * k * m
+  assert cost["bytes_accessed"] >= 4 * (n * k + k * m + n * m)
+  # Older JAX: a list with one dict per module; None where the backend has no cost model.
+  assert perf.compiled_cost(_FakeCompiled([{"flops": 2.0, "bytes accessed": 8.0}, {"flops": 3.0}])) == dict(
+      flops=5.0, bytes_accessed=8.0)
+  assert perf.compiled_cost(_FakeCompiled(None)) == {}
+
+
+def test_memory_summary_counts_donation():
+  x = jnp.ones((64, 64))
+  plain = perf.memory_summary(jax.jit(lambda a: a * 2).lower(x).compile())
+  donated = perf.memory_summary(jax.jit(lambda a: a * 2, donate_argnums=0).lower(x).compile())
+  nbytes = 64 * 64 * 4
+  assert plain["argument_bytes"] == plain["output_bytes"] == nbytes
+  assert plain["alias_bytes"] == 0 and plain["total_bytes"] >= 2 * nbytes
+  assert donated["alias_bytes"] == nbytes and donated["total_bytes"] == plain["total_bytes"] - nbytes
+
+
+def test_measure_matmul_peak_and_mfu():
+  peak = perf.measure_matmul_peak(128, matmuls_per_call=2, repeats=2)
+  assert 1e7 < peak < 1e15
+  assert perf.mfu(2e12, 2.0, 4, 1e12) == pytest.approx(0.25)
+  assert perf.mfu(1e12, 1.0, 1, 1e12) == pytest.approx(1.0)
