@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 
 # Dense peak FLOP/s per device (one JAX device) from the vendors' data sheets, by compute dtype. "float32" is what
 # a float32 matmul runs at under JAX's default precision: a single bf16 pass on TPU, TF32 tensor cores on
@@ -108,3 +109,35 @@ def mfu(flops_per_step: float, step_seconds: float, num_devices: int, peak_flops
   """Model FLOPs utilisation: FLOPs of one step summed over `num_devices` devices (pass per-device FLOPs with
   num_devices=1) divided by what those devices could do at peak in the step's time."""
   return float(flops_per_step) / (float(step_seconds) * num_devices * float(peak_flops_per_device))
+
+
+def _eqn_flops(eqn) -> float:
+  name = eqn.primitive.name
+  if name == "dot_general":
+    lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+    (_, rhs_contract), (_, rhs_batch) = eqn.params["dimension_numbers"]
+    rhs_free = [d for i, d in enumerate(rhs) if i not in rhs_contract and i not in rhs_batch]
+    return 2.0 * math.prod(lhs) * math.prod(rhs_free)
+  if name == "conv_general_dilated":
+    rhs = eqn.invars[1].aval.shape
+    rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, *spatial)
+    per_output = math.prod(d for i, d in enumerate(rhs) if i != rhs_spec[0])  # in features x kernel window
+    return 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
+  counts = [_jaxpr_flops(j) for j in jax_core.jaxprs_in_params(eqn.params)]
+  if name == "cond":
+    return max(counts, default=0.0)  # one branch runs
+  if name == "scan":
+    return eqn.params["length"] * sum(counts)
+  return sum(counts)  # pjit, remat, custom_jvp/vjp, while (trip count unknown: counted once)
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  return sum(_eqn_flops(e) for e in jaxpr.eqns)
+
+
+def jaxpr_flops(fn, *args, **kwargs) -> float:
+  """Matmul and convolution FLOPs of `fn(*args, **kwargs)` from its jaxpr (abstract args are fine): global, i.e.
+  summed over all devices, with `scan` bodies multiplied by their length and recomputation under `jax.checkpoint`
+  included (what the hardware executes). Elementwise ops are not counted, so an unrolled graph gives a little less
+  than XLA's cost analysis."""
+  return _jaxpr_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)

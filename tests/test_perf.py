@@ -62,3 +62,31 @@ def test_measure_matmul_peak_and_mfu():
   assert 1e7 < peak < 1e15
   assert perf.mfu(2e12, 2.0, 4, 1e12) == pytest.approx(0.25)
   assert perf.mfu(1e12, 1.0, 1, 1e12) == pytest.approx(1.0)
+
+
+def test_jaxpr_flops_multiplies_scans_where_xla_does_not():
+  n, trips = 16, 8
+  a = jnp.ones((n, n))
+  loop = lambda a: jax.lax.fori_loop(0, trips, lambda i, c: a @ c, a)
+  assert perf.jaxpr_flops(loop, a) == trips * 2 * n**3
+  xla = perf.compiled_cost(jax.jit(loop).lower(a).compile())["flops"]
+  assert xla == pytest.approx(2 * n**3, rel=1e-3)  # body counted once (+ the loop counter)
+  # Backward of a remat'd matmul: forward, its recomputation, and two gradient matmuls; one cond branch.
+  g = jax.grad(lambda x: jax.checkpoint(lambda y: jnp.sin(y @ y))(x).sum())
+  assert perf.jaxpr_flops(g, a) == 4 * 2 * n**3
+  branch = lambda p, x: jax.lax.cond(p, lambda x: x @ x @ x, lambda x: x @ x, x)
+  assert perf.jaxpr_flops(branch, True, jax.ShapeDtypeStruct((n, n), jnp.float32)) == 2 * 2 * n**3
+
+
+def test_jaxpr_flops_conv_matches_xla():
+  x = jnp.ones((2, 3, 20, 20))
+  w = jnp.ones((8, 3, 3, 3))
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), "SAME")
+  expected = 2 * (2 * 8 * 10 * 10) * (3 * 3 * 3)
+  assert perf.jaxpr_flops(conv, x, w) == expected
+  # Grouped conv and the weight-gradient conv (batch contracted) follow the same rule.
+  wg = jnp.ones((6, 1, 3, 3))
+  grouped = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", feature_group_count=3)
+  assert perf.jaxpr_flops(grouped, x, wg) == 2 * (2 * 6 * 20 * 20) * 9
+  dw = jax.grad(lambda w: conv(x, w).sum())
+  assert perf.jaxpr_flops(dw, w) == 2 * expected  # forward (make_jaxpr keeps it) + weight gradient
