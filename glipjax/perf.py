@@ -82,6 +82,17 @@ def memory_summary(compiled) -> dict[str, int]:
   return {k: int(v) for k, v in out.items()}
 
 
+def bytes_per_device(tree) -> int:
+  """Bytes one device holds of a pytree of sharded arrays or `jax.ShapeDtypeStruct`s with shardings (e.g. the
+  trainer's abstract state): the sum over leaves of the shard size. Leaves without a sharding count in full."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    sharding = getattr(leaf, "sharding", None)
+    shape = sharding.shard_shape(leaf.shape) if sharding is not None else leaf.shape
+    total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+  return total
+
+
 def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, *, matmuls_per_call: int = 4, repeats: int = 5,
                         device=None) -> float:
   """Best FLOP/s of chained n x n matmuls on `device` (default: the first device): the practical matmul peak of

@@ -1,4 +1,6 @@
 """glipjax.perf: peak table lookup, XLA cost/memory summaries, matmul peak, MFU."""
+import types
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -90,3 +92,18 @@ def test_jaxpr_flops_conv_matches_xla():
   assert perf.jaxpr_flops(grouped, x, wg) == 2 * (2 * 6 * 20 * 20) * 9
   dw = jax.grad(lambda w: conv(x, w).sum())
   assert perf.jaxpr_flops(dw, w) == 2 * expected  # forward (make_jaxpr keeps it) + weight gradient
+
+
+def test_bytes_per_device_of_sharded_abstract_tree():
+  mesh = jax.sharding.Mesh(jax.devices()[:1], ("fsdp",))
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
+  tree = dict(w=jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=sharded), b=jax.ShapeDtypeStruct((4,), jnp.bfloat16))
+  assert perf.bytes_per_device(tree) == 8 * 4 * 4 + 4 * 2
+  assert perf.bytes_per_device([jnp.ones((3, 2), jnp.int8)]) == 6
+
+  class RowsOverFour:  # what NamedSharding.shard_shape gives for P("fsdp") on 4 devices
+    def shard_shape(self, shape):
+      return (shape[0] // 4, *shape[1:])
+
+  leaf = types.SimpleNamespace(shape=(8, 4), dtype=jnp.float32, sharding=RowsOverFour())
+  assert perf.bytes_per_device([leaf]) == 2 * 4 * 4
