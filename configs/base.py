@@ -39,10 +39,17 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
 
   c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
 
-  # Mesh axes and the rules that map the logical parameter axes (glipjax/models/layers.py) onto them.
+  # Mesh (glipjax/sharding.py): axis sizes within a slice / host group (-1 = the rest) times `dcn_shape` across
+  # slices / hosts. `rules` map the logical axes of parameters (glipjax/models/layers.py) and of activations
+  # (`sharding.constrain`) to mesh axes, MaxText-style: FSDP shards every weight along its model width (embed,
+  # conv_in), so parameters and optimizer moments are split over "fsdp"; tensor parallelism splits attention
+  # heads, MLP hidden units, vocabulary rows and conv output channels over "tensor"; the batch is split over
+  # "data" and "fsdp". Parallelism is a config change only, e.g. --config.mesh.shape="(1,4,2)".
   c.mesh = ml_collections.ConfigDict(dict(
-      axes=("data", "fsdp", "tensor"), shape=(-1, 1, 1),   # -1: all remaining devices
-      rules=(("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"),
-             ("conv_in", None), ("conv_out", "tensor"), ("norm", None)),
-      batch_axes=("data", "fsdp")))
+      axes=("data", "fsdp", "tensor"), shape=(-1, 1, 1), dcn_shape=(1, 1, 1),
+      rules=(("embed", "fsdp"), ("conv_in", "fsdp"),
+             ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"), ("conv_out", "tensor"),
+             ("norm", None),
+             ("batch", ("data", "fsdp")), ("length", None), ("height", None), ("width", None)),
+      batch_axes=("data", "fsdp")))   # the input batch's sharding: must agree with the "batch" rule
   return c
