@@ -3,8 +3,8 @@
 Data config keys (configs/base.py `data`): name ('synthetic_grounding'), builder_config, data_dir,
 train_short_sides (random choice per example), max_size, eval_short_side, canvas (static padded H, W; multiples
 of 32), flip_prob, max_boxes, max_phrases, num_workers (0 = in-process), shuffle_buffer-free global shuffling.
-Each process reads `global_batch_size // process_count` examples of its own shard (grain's ShardByJaxProcess
-semantics via slicing). The returned iterator is checkpointable (`get_state` / `set_state`) for exact resume.
+Each process decodes only its contiguous rows of every global batch, so the global batch at a step does not
+depend on the process count. The returned iterator is checkpointable (`get_state` / `set_state`) for exact resume.
 """
 from __future__ import annotations
 
@@ -70,35 +70,67 @@ class _Transform:
     return out
 
 
-def make_pipeline(data_cfg, split: str, tokenizer: Tokenizer, *, global_batch_size: int, train: bool, seed: int,
-                  max_query_len: int, shard_by_process: bool = True):
-  """An iterator of numpy batch dicts (this process's share of each global batch). Train: shuffled, repeated,
-  random resize/flip. Eval: one ordered pass, last partial batch padded by repeating with `valid` False."""
+class _LocalBatches:
+  """Global batch index -> this process's rows [start, stop) of it, decoded and stacked. Row r of global batch b
+  is example b * global_batch_size + r of the (shuffled, repeated) stream, whatever the process count, so the
+  processes together read each global batch exactly once and assemble the single-process batch. A slot whose
+  example is skipped (or lies past the end of an eval split) is filled by the next decodable example of the
+  stream: a deterministic stand-in with `valid` False, so every process yields the same number of batches."""
+
+  def __init__(self, examples, global_batch_size: int, rows: tuple[int, int], num_examples: int, with_valid: bool):
+    self.examples, self.global_batch_size, self.rows = examples, global_batch_size, rows
+    self.num_examples, self.with_valid = num_examples, with_valid
+
+  def _stand_in(self, index: int) -> dict:
+    for offset in range(1, min(self.num_examples, 1000) + 1):
+      example = self.examples[(index + offset) % self.num_examples]
+      if example is not None:
+        return example
+    raise RuntimeError(f"no decodable example found after position {index}; see the skip warnings above")
+
+  def __call__(self, batch_index: int) -> dict:
+    examples, valid = [], []
+    for row in range(*self.rows):
+      index = batch_index * self.global_batch_size + row
+      example = self.examples[index] if index < self.num_examples else None
+      valid.append(example is not None)
+      examples.append(example if example is not None else self._stand_in(index))
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    if self.with_valid:
+      batch["valid"] = np.array(valid)
+    return batch
+
+
+def default_rows(global_batch_size: int, shard_by_process: bool = True) -> tuple[int, int]:
+  """Contiguous equal slices by process index: the rows `jax.make_array_from_process_local_data` gives each
+  process when the mesh lists devices in `jax.devices()` order (see distributed.process_rows for any mesh)."""
   count = jax.process_count() if shard_by_process else 1
   if global_batch_size % count:
     raise ValueError(f"global batch {global_batch_size} is not divisible by {count} processes")
-  local_batch = global_batch_size // count
-  ds = grain.MapDataset.source(open_source(data_cfg, split))
-  if shard_by_process and count > 1:
-    ds = ds[jax.process_index()::count]
+  local = global_batch_size // count
+  index = jax.process_index() if shard_by_process else 0
+  return index * local, (index + 1) * local
+
+
+def make_pipeline(data_cfg, split: str, tokenizer: Tokenizer, *, global_batch_size: int, train: bool, seed: int,
+                  max_query_len: int, shard_by_process: bool = True, rows: tuple[int, int] | None = None):
+  """An iterator of numpy batch dicts: rows `rows` (default: this process's equal slice) of each global batch.
+  Train: shuffled (reshuffled every epoch), repeated, random resize/flip. Eval: one ordered pass; the last
+  global batch is padded with `valid` False. Element n of the iterator is global batch n on any process count,
+  and its state is {"next_index": batches consumed}, so a checkpoint fits any process count."""
+  rows = rows or default_rows(global_batch_size, shard_by_process)
+  source = grain.MapDataset.source(open_source(data_cfg, split))
   transform = _Transform(data_cfg, tokenizer, max_query_len, train)
   if train:
-    ds = ds.shuffle(seed=seed).repeat().random_map(lambda r, rng: transform(r, rng), seed=seed)
+    examples = source.shuffle(seed=seed).repeat().random_map(lambda r, rng: transform(r, rng), seed=seed)
+    num_batches = len(examples) // global_batch_size
   else:
-    ds = ds.map(lambda r: transform(r))
-  ds = ds.filter(lambda x: x is not None)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, data_cfg.num_workers), prefetch_buffer_size=4))
-  if train:
-    return iter(it.batch(local_batch, drop_remainder=True))
-  return iter(it.batch(local_batch, drop_remainder=False, batch_fn=lambda xs: _pad_batch(xs, local_batch)))
-
-
-def _pad_batch(examples: list[dict], size: int) -> dict:
-  valid = np.arange(size) < len(examples)
-  examples = examples + [examples[-1]] * (size - len(examples))
-  batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-  batch["valid"] = valid
-  return batch
+    examples = source.map(lambda r: transform(r))
+    num_batches = -(-len(examples) // global_batch_size)
+  local = _LocalBatches(examples, global_batch_size, rows, len(examples), with_valid=not train)
+  batches = grain.MapDataset.range(num_batches).map(local)
+  return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=max(1, data_cfg.num_workers),
+                                                         prefetch_buffer_size=4)))
 
 
 def iter_captions(data_cfg, split: str = "train"):
