@@ -107,3 +107,17 @@ def test_bytes_per_device_of_sharded_abstract_tree():
 
   leaf = types.SimpleNamespace(shape=(8, 4), dtype=jnp.float32, sharding=RowsOverFour())
   assert perf.bytes_per_device([leaf]) == 2 * 4 * 4
+
+
+def test_op_profile_attributes_trace_time_to_op_kinds_and_sources(tmp_path):
+  from benchmarks import op_profile
+  a = jnp.ones((384, 384))
+  fn = lambda a: jnp.tanh(a @ a @ a).sum() + jnp.take(a, jnp.arange(64) * 3, axis=0).sum()
+  compiled = jax.jit(fn).lower(a).compile()
+  compiled(a).block_until_ready()
+  with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+    compiled(a).block_until_ready()
+  summary = op_profile.summarize(tmp_path, compiled.as_text())
+  assert next(iter(summary["by_kind"])) == "dot"  # the two matmuls dominate
+  assert summary["top_ops"][0]["kind"] == "dot" and summary["top_ops"][0]["source"] == "test_perf.py"
+  assert sum(v["seconds"] for v in summary["by_kind"].values()) == pytest.approx(summary["op_seconds_total"], abs=1e-3)
