@@ -119,7 +119,8 @@ def _write_outputs(workdir: pathlib.Path, config, pictures, results) -> None:
 
 def main(argv):
   del argv
-  from glipjax import config_utils, train
+  from glipjax import config_utils, distributed, train
+  distributed.initialize_from_flags()  # before any device use
   workdir = pathlib.Path(flags.FLAGS.workdir)
   config = config_utils.load_workdir_config(workdir)
   s = train.build(config)
@@ -134,4 +135,6 @@ def main(argv):
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "a training workdir (config.json + checkpoints)")
   flags.mark_flag_as_required("workdir")
+  from glipjax import distributed
+  distributed.define_flags()
   app.run(main)

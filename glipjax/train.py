@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 import glipjax  # noqa: F401
-from glipjax import config_utils, evaluate, sharding
+from glipjax import config_utils, distributed, evaluate, sharding
 from glipjax.data import pipeline, synthetic_grounding
 from glipjax.models.glip import GLIP
 from glipjax.ops import anchors as anchor_ops
@@ -115,9 +115,27 @@ def make_train_step(s: Setup):
 
 
 def checkpoint_manager(workdir: pathlib.Path, cfg) -> ocp.CheckpointManager:
+  directory = (workdir / "checkpoints").absolute()
+  for partial in sorted(directory.glob(f"*{ocp.utils.TMP_DIR_SUFFIX}*")):
+    logging.warning("ignoring the half-written checkpoint %s (a save that was interrupted, or is still running); "
+                    "resuming from the newest finalized one", partial)
   options = ocp.CheckpointManagerOptions(max_to_keep=cfg.checkpoint.max_to_keep,
                                          enable_async_checkpointing=cfg.checkpoint.async_save)
-  return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options, item_names=("state", "data"))
+  return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+
+
+def _data_restore_args(mngr: ocp.CheckpointManager, step: int, data_iter) -> dict:
+  """The Composite item that restores `data_iter`: grain's per-process state when this checkpoint was written by
+  as many processes as are running now; otherwise none (the caller positions the iterator from the step)."""
+  saved = sorted((pathlib.Path(mngr.directory) / str(step) / "data").glob("process_*-of-*.json"))
+  if not saved:
+    raise FileNotFoundError(f"checkpoint {step} holds no data-iterator state")
+  if any(p.name == f"process_{jax.process_index()}-of-{jax.process_count()}.json" for p in saved):
+    return dict(data=grain.checkpoint.CheckpointRestore(data_iter))
+  logging.warning("checkpoint %d was written by %s, this run has %d: positioning the data iterator at global "
+                  "batch %d from the step (global batches do not depend on the process count)", step,
+                  saved[0].stem.split("-of-")[1] + " process(es)", jax.process_count(), step)
+  return {}
 
 
 def restore_latest(mngr: ocp.CheckpointManager, s: Setup, data_iter=None):
@@ -128,8 +146,11 @@ def restore_latest(mngr: ocp.CheckpointManager, s: Setup, data_iter=None):
     try:
       items = dict(state=ocp.args.StandardRestore(target))
       if data_iter is not None:
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-      return step, mngr.restore(step, args=ocp.args.Composite(**items))["state"]
+        items.update(_data_restore_args(mngr, step, data_iter))
+      state = mngr.restore(step, args=ocp.args.Composite(**items))["state"]
+      if data_iter is not None and "data" not in items:
+        data_iter.set_state(dict(data_iter.get_state(), next_index=step))
+      return step, state
     except Exception as e:  # noqa: BLE001 - any failure to read a checkpoint means: fall back to an older one
       logging.error("checkpoint at step %d is unreadable (%s: %s); trying the previous one", step,
                     type(e).__name__, e)
@@ -163,8 +184,11 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
   if lead:
     config_utils.save_config(config, workdir)
   t_start = time.time()
-  if config.data.name == "synthetic_grounding" and lead:
-    synthetic_grounding.prepare(config.data.data_dir, config.data.builder_config)
+  if lead:  # the other processes wait, then read what process 0 wrote (a shared file system)
+    if config.data.name == "synthetic_grounding":
+      synthetic_grounding.prepare(config.data.data_dir, config.data.builder_config)
+    prepare_tokenizer(config, workdir)
+  distributed.barrier("glipjax: dataset and tokenizer prepared")
   tokenizer = prepare_tokenizer(config, workdir)
   if tokenizer.vocab_size > config.model.language.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but model.language.vocab_size is "
@@ -172,9 +196,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
 
   s = build(config)
   with jax.set_mesh(s.mesh):
-    train_iter = pipeline.make_pipeline(config.data, "train", tokenizer, global_batch_size=config.train.global_batch_size,
-                                        train=True, seed=config.seed, max_query_len=config.model.max_query_len)
     batch_sharding = sharding.batch_sharding(s.mesh, config.mesh.batch_axes)
+    train_iter = pipeline.make_pipeline(config.data, "train", tokenizer, global_batch_size=config.train.global_batch_size,
+                                        train=True, seed=config.seed, max_query_len=config.model.max_query_len,
+                                        rows=distributed.process_rows(batch_sharding, config.train.global_batch_size))
     mngr = checkpoint_manager(workdir, config)
     start_step, state = restore_latest(mngr, s, train_iter)
     _, rest = s.init()  # rng bookkeeping only; parameters come from the checkpoint when resuming
@@ -241,6 +266,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
 
 def main(argv):
   del argv
+  distributed.initialize_from_flags()  # before any device use
   final = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   print(json.dumps({k: v for k, v in final.items() if not isinstance(v, dict)}, indent=2))
 
@@ -250,4 +276,5 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/tiny.py", lock_config=True)
   flags.DEFINE_string("workdir", None, "where checkpoints, metrics and pictures go")
   flags.mark_flags_as_required(["config", "workdir"])
+  distributed.define_flags()
   app.run(main)
