@@ -31,13 +31,19 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
   c.train = ml_collections.ConfigDict(dict(
       global_batch_size=64, num_steps=100_000, log_every=50, checkpoint_every=1000,
       eval_every=5000,  # and at the end; 0 = never
-      focal_alpha=0.25, focal_gamma=2.0, reg_loss_weight=2.0))
+      focal_alpha=0.25, focal_gamma=2.0, reg_loss_weight=2.0,
+      grad_accum_steps=1,            # > 1: the global batch is split into this many micro-batches per update
+      peak_flops_per_device=0.0,     # for MFU; 0 = look the device kind up in glipjax/perf.py's table
+      profile_start_step=-1,         # >= 0: write a profiler trace of `profile_num_steps` steps from this step
+      profile_num_steps=3))          # (touching <workdir>/PROFILE also starts one, at the next log step)
 
   c.eval = ml_collections.ConfigDict(dict(
       global_batch_size=8, pre_nms_thresh=0.05, pre_nms_top_n=1000, nms_thresh=0.6, detections_per_img=100,
       num_pictures=8, picture_score_thresh=0.3))
 
-  c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
+  # keep the newest `max_to_keep`; with `best_metric` (an eval metric, e.g. "AP") also the best parameters so far
+  # in <workdir>/best. SIGTERM (preemption) saves at the next step and exits cleanly.
+  c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True, best_metric="AP"))
 
   # Mesh (glipjax/sharding.py): axis sizes within a slice / host group (-1 = the rest) times `dcn_shape` across
   # slices / hosts. `rules` map the logical axes of parameters (glipjax/models/layers.py) and of activations

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import logging
 import pathlib
+import signal
+import threading
 import time
 from typing import Any
 
@@ -26,7 +28,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 import glipjax  # noqa: F401
-from glipjax import config_utils, distributed, evaluate, sharding
+from glipjax import config_utils, distributed, evaluate, perf, sharding
 from glipjax.data import pipeline, synthetic_grounding
 from glipjax.models.glip import GLIP
 from glipjax.ops import anchors as anchor_ops
@@ -62,6 +64,10 @@ def prepare_tokenizer(config, workdir: pathlib.Path) -> tokenizers.Tokenizer:
 
 
 def build(config) -> Setup:
+  accum = config.train.grad_accum_steps
+  if accum < 1 or config.train.global_batch_size % accum:
+    raise ValueError(f"train.grad_accum_steps={accum} must be >= 1 and divide train.global_batch_size="
+                     f"{config.train.global_batch_size}")
   mesh = sharding.make_mesh(config.mesh)
   rules = [tuple(r) for r in config.mesh.rules]
   shapes = anchor_ops.level_shapes(tuple(config.data.canvas), config.model.anchors.strides)
@@ -86,30 +92,58 @@ def build(config) -> Setup:
                anchor_ops.level_counts(shapes))
 
 
+def _micro_batches(x: jax.Array, k: int) -> jax.Array:
+  """[B, ...] -> [k, B/k, ...] with micro-batch i = rows i, i+k, ...: every device's rows of the batch-sharded
+  global array feed every micro-batch, so no device idles (a plain reshape would give micro-batch i to 1/k of
+  the devices)."""
+  return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+
 def make_train_step(s: Setup):
+  """One jitted update with donated state. With `train.grad_accum_steps` = k > 1 the global batch is split into k
+  micro-batches scanned in sequence; each is normalised by its own positives (as a k-times smaller GLIP batch
+  would be) and the gradients and metrics are averaged."""
   cfg = s.config
+  accum = cfg.train.grad_accum_steps
+
+  def loss_and_grads(params, rest, batch, dropout_key):
+    model = nnx.merge(s.graphdef, params, rest, copy=True)  # own variables: reseeded inside scan traces too
+    nnx.reseed(model, dropout=dropout_key, policy="match_shape")  # scanned layers hold one stream per layer
+    rest = nnx.state(model, nnx.Not(nnx.Param))
+
+    def loss_fn(params):
+      model = nnx.merge(s.graphdef, params, rest, copy=True)  # fresh variables: dropout advances its RNG count
+      out = model(batch["image"], batch["input_ids"], batch["attention_mask"], deterministic=False)
+      loss, metrics = glip_loss(out, batch, s.anchors, s.level_counts, focal_alpha=cfg.train.focal_alpha,
+                                focal_gamma=cfg.train.focal_gamma, reg_loss_weight=cfg.train.reg_loss_weight)
+      return loss, dict(metrics, loss=loss)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, metrics
 
   def train_step(state, rest, batch, rng):
     # A fresh dropout key per step: fold the step into the run's key (RNG state is not carried between steps).
-    model = nnx.merge(s.graphdef, state["params"], rest)
-    nnx.reseed(model, dropout=jax.random.fold_in(rng, state["step"]))
-    rest = nnx.state(model, nnx.Not(nnx.Param))
+    key = jax.random.fold_in(rng, state["step"])
+    if accum == 1:
+      grads, metrics = loss_and_grads(state["params"], rest, batch, key)
+    else:
+      micro = jax.tree.map(lambda x: _micro_batches(x, accum), batch)
 
-    def loss_fn(params, rest):
-      model = nnx.merge(s.graphdef, params, rest, copy=True)  # fresh variables: dropout advances its RNG count
-      out = model(batch["image"], batch["input_ids"], batch["attention_mask"], deterministic=False)
-      return glip_loss(out, batch, s.anchors, s.level_counts, focal_alpha=cfg.train.focal_alpha,
-                       focal_gamma=cfg.train.focal_gamma, reg_loss_weight=cfg.train.reg_loss_weight)
+      def accumulate(total, xs):
+        i, mb = xs
+        return jax.tree.map(jnp.add, total, loss_and_grads(state["params"], rest, mb, jax.random.fold_in(key, i))), None
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], rest)
+      shapes = jax.eval_shape(loss_and_grads, state["params"], rest, jax.tree.map(lambda x: x[0], micro), key)
+      zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+      total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum), micro))
+      grads, metrics = jax.tree.map(lambda t: t / accum, total)
     updates, opt_state = s.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
     if "ema" in state:
       d = cfg.optim.ema_decay
       new["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-    return new, metrics
+    return new, dict(metrics, grad_norm=optax.tree.norm(grads))
 
   return jax.jit(train_step, donate_argnums=(0,))
 
@@ -167,6 +201,103 @@ def restore_for_inference(s: Setup, workdir: pathlib.Path):
   return step, state.get("ema", state["params"]), rest
 
 
+def best_checkpoint_manager(workdir: pathlib.Path, cfg) -> ocp.CheckpointManager | None:
+  """<workdir>/best: the parameters (EMA when kept) of the evaluation with the highest `checkpoint.best_metric`."""
+  metric = cfg.checkpoint.best_metric
+  if not metric:
+    return None
+  if metric not in evaluate.METRIC_NAMES:
+    raise ValueError(f"checkpoint.best_metric {metric!r} is not an evaluation metric {evaluate.METRIC_NAMES}")
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m[metric], best_mode="max",
+                                         enable_async_checkpointing=cfg.checkpoint.async_save)
+  return ocp.CheckpointManager((workdir / "best").absolute(), options=options, item_names=("params",))
+
+
+def check_finite(step: int, metrics: dict) -> dict[str, float]:
+  """Host floats of a step's metrics; stops the run, naming the step and the cause, if any is NaN/inf."""
+  values = {k: float(v) for k, v in metrics.items()}
+  bad = sorted(k for k, v in values.items() if not np.isfinite(v))
+  if bad:
+    raise FloatingPointError(
+        f"non-finite {', '.join(bad)} at step {step} ({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); "
+        "nothing from this step was saved. Lower optim.learning_rate or check the data of this step.")
+  return values
+
+
+def step_perf_stats(compiled, global_flops: float, config, *, compile_seconds: float) -> dict[str, float]:
+  """Static facts of the compiled train step: compile time, FLOPs per device, memory. The MFU numerator is the
+  matmul/conv count of the step's jaxpr (`global_flops`, scans multiplied out) split over the devices; XLA's own
+  count (which sees a scan body once) is logged beside it."""
+  stats = dict(compile_seconds=compile_seconds, flops_per_step_per_device=global_flops / jax.device_count(),
+               xla_flops_per_step_per_device=float(perf.compiled_cost(compiled).get("flops", 0.0)))
+  stats.update({f"memory_{k}": float(v) for k, v in perf.memory_summary(compiled).items()})
+  device = jax.devices()[0]
+  peak = perf.peak_flops_per_device(device.device_kind, config.model.dtype,
+                                    config.train.peak_flops_per_device or None)
+  if peak:
+    stats["peak_flops_per_device"] = float(peak)
+  return stats
+
+
+def throughput_scalars(perf_stats: dict, step_seconds: float, config) -> dict[str, float]:
+  out = dict(step_seconds=step_seconds, images_per_second=config.train.global_batch_size / max(step_seconds, 1e-9))
+  flops = perf_stats.get("flops_per_step_per_device", 0.0)
+  if flops:
+    out["tflops_per_device"] = flops / max(step_seconds, 1e-9) / 1e12
+  if perf_stats.get("peak_flops_per_device"):
+    out["mfu"] = perf.mfu(flops, step_seconds, 1, perf_stats["peak_flops_per_device"])
+  stats = jax.local_devices()[0].memory_stats() or {}  # None on CPU
+  if "peak_bytes_in_use" in stats:
+    out["device_peak_bytes_in_use"] = float(stats["peak_bytes_in_use"])
+  return out
+
+
+class PreemptionGuard:
+  """SIGTERM (what schedulers and preemptible VMs send first) -> save at the next step and exit cleanly. With
+  several processes JAX's preemption sync manager (via Orbax) picks a step at which all of them stop."""
+
+  def __init__(self):
+    self.requested, self._previous = False, None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("received signal %d: saving at the next step, then exiting", signum)
+    self.requested = True
+
+  def should_stop(self, mngr: ocp.CheckpointManager, step: int) -> bool:
+    return self.requested or (jax.process_count() > 1 and mngr.reached_preemption(step))
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Profiler:
+  """A jax.profiler trace of `profile_num_steps` steps into <workdir>/profile, from `profile_start_step` or when
+  a file <workdir>/PROFILE appears (checked every step; the file is removed when the trace starts)."""
+
+  def __init__(self, workdir: pathlib.Path, train_cfg):
+    self.out, self.trigger = workdir / "profile", workdir / "PROFILE"
+    self.start, self.num, self.stop_at = train_cfg.profile_start_step, train_cfg.profile_num_steps, None
+
+  def step(self, step: int) -> None:
+    if self.stop_at is not None and step >= self.stop_at:
+      self.close()
+    if self.stop_at is None and (step == self.start or self.trigger.exists()):
+      self.trigger.unlink(missing_ok=True)
+      jax.profiler.start_trace(str(self.out))
+      self.stop_at = step + max(self.num, 1)
+      logging.info("profiling steps %d..%d into %s", step, self.stop_at - 1, self.out)
+
+  def close(self) -> None:
+    if self.stop_at is not None:
+      jax.effects_barrier()
+      jax.profiler.stop_trace()
+      self.stop_at = None
+
+
 class JsonlWriter:
   def __init__(self, path: pathlib.Path, enabled: bool):
     self.path, self.enabled = path, enabled
@@ -195,7 +326,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
                      f"{config.model.language.vocab_size}")
 
   s = build(config)
-  with jax.set_mesh(s.mesh):
+  with jax.set_mesh(s.mesh), sharding.activation_rules(config.mesh.rules):
     batch_sharding = sharding.batch_sharding(s.mesh, config.mesh.batch_axes)
     train_iter = pipeline.make_pipeline(config.data, "train", tokenizer, global_batch_size=config.train.global_batch_size,
                                         train=True, seed=config.seed, max_query_len=config.model.max_query_len,
@@ -212,53 +343,75 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
     rng = jax.random.key(config.seed)
     writer = metric_writers.create_default_writer(str(workdir), just_logging=not lead, asynchronous=False)
     jsonl = JsonlWriter(workdir / "metrics.jsonl", lead)
+    best = best_checkpoint_manager(workdir, config)
+    guard, profiler = PreemptionGuard(), Profiler(workdir, config.train)
 
     num_steps = config.train.num_steps
     bar = tqdm(total=num_steps, initial=start_step, disable=not (progress and lead), desc="train", unit="step")
     eval_metrics: dict = {}
-    t_train, seen, last_log = 0.0, 0, time.time()
-    compile_seconds = None
+    perf_stats: dict = {}
+    compiled, preempted = None, False
+    pending = None  # the previous step's (step, metrics): checked once the next step is queued, so the host
+    last_log = (start_step, time.time())  # prepares batch n+1 while the device runs step n
     for step in range(start_step, num_steps):
       batch = sharding.global_batch(next(train_iter), batch_sharding)
-      t0 = time.time()
-      state, metrics = train_step(state, rest, batch, rng)
-      loss = float(metrics["loss"])
-      if compile_seconds is None:
+      if compiled is None:  # compile ahead of time: exact compile time, FLOPs and memory of the real step
+        t0 = time.time()
+        compiled = train_step.lower(state, rest, batch, rng).compile()
         compile_seconds = time.time() - t0
-      else:
-        t_train += time.time() - t0
-        seen += config.train.global_batch_size
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss at step {step}: " +
-                                 ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items()))
-      bar.update(1)
-      bar.set_postfix(loss=f"{loss:.3f}")
+        perf_stats = step_perf_stats(compiled, perf.jaxpr_flops(train_step, state, rest, batch, rng), config,
+                                     compile_seconds=compile_seconds)
+        logging.info("train step: %s", perf_stats)
+        jsonl.write(step, {f"perf/{k}": v for k, v in perf_stats.items()})
+        last_log = (step, time.time())
+      profiler.step(step)
+      state, metrics = compiled(state, rest, batch, rng)
+      if pending is not None:
+        bar.set_postfix(loss=f"{check_finite(*pending)['loss']:.3f}")
       done = step + 1
-      if done % config.train.log_every == 0 or done == num_steps:
-        scalars = {k: float(v) for k, v in metrics.items()}
-        scalars["images_per_second"] = seen / max(t_train, 1e-9)
-        scalars["steps_per_second"] = config.train.log_every / max(time.time() - last_log, 1e-9)
-        last_log = time.time()
+      pending = (done, metrics)
+      bar.update(1)
+      preempted = guard.should_stop(mngr, done)
+      at = lambda every: every > 0 and done % every == 0 or done == num_steps or preempted
+      if at(config.train.log_every):
+        scalars = check_finite(*pending)  # never log or save a non-finite state
+        step_seconds = (time.time() - last_log[1]) / (done - last_log[0])
+        last_log = (done, time.time())
+        scalars.update(throughput_scalars(perf_stats, step_seconds, config))
         writer.write_scalars(done, scalars)
         jsonl.write(done, scalars)
-      if done % config.train.checkpoint_every == 0 or done == num_steps:
+      if at(config.train.checkpoint_every):
+        check_finite(*pending)
         mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                 data=grain.checkpoint.CheckpointSave(train_iter)))
-      if config.train.eval_every > 0 and (done % config.train.eval_every == 0 or done == num_steps):
+      if preempted:
+        bar.write(f"preemption signal: saved step {done}; exiting cleanly (rerun the same command to resume)")
+        break
+      if config.train.eval_every > 0 and at(config.train.eval_every):
         params = state.get("ema", state["params"])
         eval_metrics = evaluate.evaluate(config, s.graphdef, params, rest, tokenizer, s.anchors, s.level_counts,
                                          mesh=s.mesh, workdir=workdir if done == num_steps else None)
         writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
         jsonl.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
         bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+        if best is not None:
+          best.save(done, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), metrics=eval_metrics)
+    if pending is not None:
+      check_finite(*pending)
     bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
+    profiler.close()
+    guard.close()
+    for m in (mngr, best):
+      if m is not None:
+        m.wait_until_finished()
+        m.close()
     writer.flush()
 
-  final = dict(eval_metrics, steps=int(num_steps), wall_seconds=time.time() - t_start,
-               train_images_per_second=seen / max(t_train, 1e-9), compile_seconds=compile_seconds or 0.0,
-               skipped_examples=dict(pipeline.SKIPPED))
+  final = dict(eval_metrics, steps=int(pending[0] if pending else start_step), wall_seconds=time.time() - t_start,
+               preempted=preempted, skipped_examples=dict(pipeline.SKIPPED), **perf_stats)
+  if pending is not None:  # throughput of the last logging interval
+    final.update({k: v for k, v in scalars.items() if k in ("step_seconds", "images_per_second",
+                                                               "tflops_per_device", "mfu")})
   if lead:
     (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
   return final

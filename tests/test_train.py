@@ -124,3 +124,65 @@ def test_unknown_config_keys_are_clear_errors():
   proc = subprocess.run([sys.executable, "-m", "glipjax.train", "--config", "configs/tiny.py", "--workdir", "x",
                          "--config.train.num_stepz=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and "num_stepz" in proc.stderr
+
+
+def test_grad_accumulation_equals_one_step_on_the_whole_batch(data_dir, tmp_path):
+  """Batch [x0, x0, x1, x1] in 2 micro-batches (rows 0,2 and 1,3 = [x0, x1] each) gives the update of batch
+  [x0, x1] in one step: the loss is normalised per positive, so duplicating a batch leaves it unchanged."""
+  import jax
+  from glipjax import sharding
+  from glipjax.data import pipeline
+  no_dropout = {"model.language.hidden_dropout": 0.0, "model.language.attention_dropout": 0.0,
+                "model.dyhead.fusion_dropout": 0.0}
+  config = small_config(data_dir, **no_dropout, **{"train.global_batch_size": 2})
+  tokenizer = train.prepare_tokenizer(config, tmp_path)
+  local = next(pipeline.make_pipeline(config.data, "train", tokenizer, global_batch_size=2, train=True, seed=0,
+                                      max_query_len=config.model.max_query_len))
+  results = []
+  for accum, batch in ((1, local), (2, {k: np.repeat(v, 2, axis=0) for k, v in local.items()})):
+    cfg = config_utils.apply_overrides(config, {"train.global_batch_size": 2 * accum, "train.grad_accum_steps": accum})
+    setup = train.build(cfg)
+    with jax.set_mesh(setup.mesh):
+      state, rest = setup.init()
+      state, metrics = train.make_train_step(setup)(
+          state, rest, sharding.global_batch(batch, sharding.batch_sharding(setup.mesh, cfg.mesh.batch_axes)),
+          jax.random.key(0))
+      results.append((float(metrics["loss"]), jax.tree.map(np.asarray, state["params"])))
+  (loss_1, params_1), (loss_2, params_2) = results
+  np.testing.assert_allclose(loss_2, loss_1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params_1, params_2)
+  with pytest.raises(ValueError, match="grad_accum_steps"):
+    train.build(config_utils.apply_overrides(config, {"train.grad_accum_steps": 3}))
+
+
+def test_non_finite_metrics_stop_the_run_naming_step_and_cause():
+  import jax.numpy as jnp
+  assert train.check_finite(7, {"loss": jnp.float32(1.5)}) == {"loss": 1.5}
+  with pytest.raises(FloatingPointError, match=r"non-finite grad_norm, loss_reg at step 7"):
+    train.check_finite(7, {"loss_reg": jnp.float32(np.nan), "grad_norm": jnp.float32(np.inf), "loss": 1.0})
+
+
+def test_sigterm_saves_and_exits_cleanly_and_profiles_on_demand(data_dir, tmp_path):
+  import signal
+  import time
+  workdir = tmp_path / "run"
+  overrides = {"data.builder_config": "tiny", "data.data_dir": str(data_dir), "data.canvas": "(64, 64)",
+               "data.train_short_sides": "(56, 64)", "data.max_size": 64, "data.sentencepiece_vocab_size": 64,
+               "model.max_query_len": 48, "train.global_batch_size": 4, "train.num_steps": 100000,
+               "train.log_every": 1, "train.checkpoint_every": 100000, "train.eval_every": 0,
+               "train.profile_start_step": 1, "train.profile_num_steps": 1}
+  proc = subprocess.Popen([sys.executable, "-m", "glipjax.train", "--config", "configs/tiny.py", "--workdir",
+                           str(workdir)] + [f"--config.{k}={v}" for k, v in overrides.items()], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 600
+  while not (workdir / "metrics.jsonl").exists() or len(losses(workdir)) < 3:
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  output = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, output[-3000:]
+  assert "preemption signal: saved step" in output
+  final = json.loads((workdir / "final_metrics.json").read_text())
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert final["preempted"] and saved == [final["steps"]] and final["steps"] == max(losses(workdir))
+  assert any((workdir / "profile").rglob("*.xplane.pb"))
