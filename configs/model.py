@@ -44,8 +44,11 @@ def glip_model(variant: str = "glip_t_c") -> ml_collections.ConfigDict:
       num_classes=81,                # frozen, unused `cls_logits` conv with num_classes - 1 outputs
       joint_embed=256, log_scale_init=0.0, prior_prob=0.01, logit_clamp=50000.0))
   m.anchors = ml_collections.ConfigDict(dict(sizes=(64, 128, 256, 512, 1024), strides=(8, 16, 32, 64, 128)))
-  m.dtype = "float32"        # compute dtype
+  m.dtype = "float32"        # compute dtype ("bfloat16": softmax, norms, grounding logits stay float32)
   m.param_dtype = "float32"  # parameter (master weight) dtype
+  m.scan_layers = False      # BERT layers and Swin block pairs stacked on a "layers" axis and run by lax.scan
+  m.remat = "none"           # per transformer block / DyHead module: none|full|dots_saveable|
+                             # dots_with_no_batch_dims_saveable (glipjax/models/layers.py REMAT_POLICIES)
 
   if variant == "glip_l":
     m.swin.update(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12,

@@ -1,7 +1,7 @@
 """PyTorch-layout state dicts <-> glipjax NNX modules, by attribute name.
 
 Module attribute names mirror the official state-dict names, so the mapping is generic: walk the dotted key
-through the module tree (integers index `nnx.List`s), then convert the leaf by the owning layer's type. Only
+through the module tree (integers index `nnx.List`s, or the leading axis of a scanned `Stack`), then convert the leaf by the owning layer's type. Only
 names that cannot mirror (torch `Sequential` indices, wrapper prefixes) need regex renames, and those live
 next to the model that needs them (glipjax/interop/official.py, glipjax/interop/hf.py).
 """
@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from glipjax.models.layers import Stack
 
 # torch leaf name -> (our attribute, torch->ours array transform), per layer type.
 _LINEAR = {"weight": ("kernel", lambda w: w.T)}
@@ -34,15 +36,21 @@ def _leaf_rules(owner: Any) -> Mapping[str, tuple[str, Any]]:
   return {}
 
 
-def _walk(module: Any, parts: Sequence[str], key: str) -> Any:
-  node = module
+def _walk(module: Any, parts: Sequence[str], key: str) -> tuple[Any, int | None]:
+  """(owner module, index into the leading axis of a stacked `Stack` on the way, or None)."""
+  node, index = module, None
   for part in parts:
     try:
-      node = node[int(part)] if part.isdigit() else getattr(node, part)
+      if isinstance(node, Stack) and part.isdigit():  # layer i of scanned layers: a slice of stacked params
+        if not 0 <= int(part) < node.length:
+          raise IndexError(part)
+        node, index = node.layers, int(part)
+      else:
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
     except (AttributeError, IndexError, KeyError, TypeError):
       raise KeyError(f"state-dict key {key!r}: the model has no submodule {part!r} "
                      f"under {type(node).__name__}") from None
-  return node
+  return node, index
 
 
 def _rename(key: str, renames: Sequence[tuple[str, str]]) -> str:
@@ -61,6 +69,7 @@ def load_torch_state(module: nnx.Module, state: Mapping[str, Any], *, prefix: st
   `strict`, every parameter of `module` must be assigned exactly once. Returns the (renamed) keys assigned.
   """
   assigned: dict[tuple, str] = {}
+  stacked: dict[tuple, tuple[nnx.Variable, dict[int, np.ndarray]]] = {}  # slices of stacked params
   for raw_key, value in state.items():
     if not raw_key.startswith(prefix):
       continue
@@ -69,30 +78,61 @@ def load_torch_state(module: nnx.Module, state: Mapping[str, Any], *, prefix: st
       continue
     key = _rename(key, renames)
     *parts, leaf = key.split(".")
-    owner = _walk(module, parts, raw_key)
+    owner, index = _walk(module, parts, raw_key)
     name, transform = _leaf_rules(owner).get(leaf, (leaf, lambda w: w))
     var = getattr(owner, name, None)
     if not isinstance(var, nnx.Variable):
       raise KeyError(f"state-dict key {raw_key!r}: {type(owner).__name__} has no parameter {name!r}")
     array = np.asarray(transform(np.asarray(value)))
-    if array.shape != tuple(var.shape):
-      if array.size == 1 and np.prod(var.shape) == 1:
-        array = array.reshape(var.shape)  # torch scalars are often stored as shape (1,)
+    shape = tuple(var.shape)[1:] if index is not None else tuple(var.shape)
+    if array.shape != shape:
+      if array.size == 1 and np.prod(shape) == 1:
+        array = array.reshape(shape)  # torch scalars are often stored as shape (1,)
       else:
         raise ValueError(f"state-dict key {raw_key!r}: shape {np.shape(value)} (as {array.shape} in our layout) "
-                         f"does not fit {'.'.join(parts + [name])} of shape {tuple(var.shape)}")
+                         f"does not fit {'.'.join(parts + [name])} of shape {shape}")
     path = tuple(int(p) if p.isdigit() else p for p in parts) + (name,)
     if path in assigned:
       raise ValueError(f"state-dict keys {assigned[path]!r} and {raw_key!r} both map to {path}")
-    var.set_value(jnp.asarray(array, var.dtype))  # also fills abstract (eval_shape) models
     assigned[path] = raw_key
+    if index is None:
+      var.set_value(jnp.asarray(array, var.dtype))  # also fills abstract (eval_shape) models
+    else:
+      stacked.setdefault(id(var), (var, {}))[1][index] = array
+  missing = []
+  for var, slices in stacked.values():
+    if len(slices) == var.shape[0]:
+      var.set_value(jnp.asarray(np.stack([slices[i] for i in range(var.shape[0])]), var.dtype))
+    elif isinstance(var.get_value(), jax.Array):  # partial: keep the other layers' current values
+      var.set_value(var.get_value().at[np.asarray(sorted(slices))].set(
+          jnp.asarray(np.stack([slices[i] for i in sorted(slices)]), var.dtype)))
+    else:
+      missing.append(f"{sorted(set(range(var.shape[0])) - set(slices))} of a stacked parameter of shape {var.shape}")
   if strict:
-    missing = [".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(module, nnx.Param))
-               if tuple(p) not in assigned]
+    missing += [".".join(map(str, p)) for p in _torch_paths(module) if p not in assigned]
     if missing:
       raise KeyError(f"{len(missing)} parameters not found in the state dict (prefix {prefix!r}): "
                      f"{missing[:10]}{' ...' if len(missing) > 10 else ''}")
   return [".".join(map(str, p)) for p in assigned]
+
+
+def _torch_paths(module: nnx.Module):
+  """Our parameter paths with each stacked parameter expanded into one path per layer index (as import
+  assigns them)."""
+  for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+    parts = [str(p) for p in path]
+    for i, expanded in _unstack(module, parts, var.shape):
+      yield tuple(int(p) if p.isdigit() else p for p in expanded)
+
+
+def _unstack(module: nnx.Module, parts: list[str], shape) -> list[tuple[int | None, list[str]]]:
+  """[(layer index or None, path with `Stack.layers` replaced by that index)] for one of our parameter paths."""
+  node = module
+  for pos, part in enumerate(parts[:-1]):
+    if isinstance(node, Stack):
+      return [(i, parts[:pos] + [str(i)] + parts[pos + 1:]) for i in range(shape[0])]
+    node = node[int(part)] if part.isdigit() else getattr(node, part)
+  return [(None, parts)]
 
 
 def torch_state_from_module(module: nnx.Module, *, prefix: str = "",
@@ -104,19 +144,21 @@ def torch_state_from_module(module: nnx.Module, *, prefix: str = "",
   out: dict[str, np.ndarray] = {}
   for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
     parts = [str(p) for p in path]
-    owner = _walk(module, parts[:-1], ".".join(parts))
+    owner, _ = _walk(module, parts[:-1], ".".join(parts))
     value = var.get_value()
     if isinstance(value, jax.ShapeDtypeStruct):  # abstract model: a zero-stride view carries the shape for free
-      array = np.lib.stride_tricks.as_strided(np.zeros((), value.dtype), value.shape, (0,) * len(value.shape))
+      full = np.lib.stride_tricks.as_strided(np.zeros((), value.dtype), value.shape, (0,) * len(value.shape))
     else:
-      array = np.asarray(value)
-    leaf = parts[-1]
-    for torch_leaf, (ours, _) in _leaf_rules(owner).items():
-      if ours == leaf:
-        leaf = torch_leaf
-        if isinstance(owner, nnx.Linear):
-          array = array.T
-        elif isinstance(owner, nnx.Conv):
-          array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    out[prefix + _rename(".".join(parts[:-1] + [leaf]), renames)] = array
+      full = np.asarray(value)
+    for index, torch_parts in _unstack(module, parts, full.shape):
+      array = full if index is None else full[index]
+      leaf = torch_parts[-1]
+      for torch_leaf, (ours, _) in _leaf_rules(owner).items():
+        if ours == leaf:
+          leaf = torch_leaf
+          if isinstance(owner, nnx.Linear):
+            array = array.T
+          elif isinstance(owner, nnx.Conv):
+            array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+      out[prefix + _rename(".".join(torch_parts[:-1] + [leaf]), renames)] = array
   return out

@@ -6,6 +6,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from glipjax.models import layers as L
+from glipjax.sharding import constrain
+
+TOKENS = ("batch", "length", "embed")
 
 
 class BertSelfAttention(nnx.Module):
@@ -61,16 +64,17 @@ class BertLayer(nnx.Module):
     heads = sa.num_heads
     split = lambda y: y.reshape(b, t, heads, c // heads)
     q, k, v = split(sa.query(hidden)), split(sa.key(hidden)), split(sa.value(hidden))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.asarray(c // heads, scores_dtype := q.dtype))
+    # Scores, mask and softmax in float32 whatever the compute dtype.
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(c // heads))
     if self.attn_clamp is not None:
       scores = jnp.clip(scores, -self.attn_clamp, self.attn_clamp)
     # transformers >= 4.31 adds (1 - mask) * finfo.min; older versions used -10000 (same softmax here).
-    scores = scores + (1.0 - attention_mask[:, None, None, :].astype(scores_dtype)) * jnp.finfo(scores_dtype).min
-    probs = sa.dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
+    scores = scores + (1.0 - attention_mask[:, None, None, :].astype(jnp.float32)) * jnp.finfo(jnp.float32).min
+    probs = sa.dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic).astype(v.dtype)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, c)
-    hidden = self.attention.output(context, hidden, deterministic=deterministic)
+    hidden = constrain(self.attention.output(context, hidden, deterministic=deterministic), TOKENS)
     inter = jax.nn.gelu(self.intermediate.dense(hidden), approximate=False)
-    return self.output(inter, hidden, deterministic=deterministic)
+    return constrain(self.output(inter, hidden, deterministic=deterministic), TOKENS)
 
 
 class BertEmbeddings(nnx.Module):
@@ -90,23 +94,36 @@ class BertEmbeddings(nnx.Module):
 
 
 class BertEncoder(nnx.Module):
-  def __init__(self, cfg, *, dtype, param_dtype, rngs):
-    self.layer = nnx.List([BertLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                           for _ in range(cfg.num_layers)])
+  """`layer`: an nnx.List of BertLayers, or with `scan` one `layers.Stack` of them (same state-dict names)."""
+
+  def __init__(self, cfg, *, scan: bool = False, remat: str = "none", dtype, param_dtype, rngs):
+    make = lambda r: BertLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r)
+    self.layer = L.Stack(make, cfg.num_layers, rngs=rngs) if scan else nnx.List(
+        [make(rngs) for _ in range(cfg.num_layers)])
+    self.remat = L.check_remat(remat)
+
+  def __call__(self, x, attention_mask, *, deterministic):
+    run = lambda layer, x, mask: layer(x, mask, deterministic=deterministic)
+    if isinstance(self.layer, L.Stack):
+      return self.layer.scan(lambda layers, x, _: run(layers[0], x, attention_mask), x, remat=self.remat,
+                             random=not deterministic)
+    for layer in self.layer:
+      x = L.remat_call(layer, run, x, attention_mask, policy=self.remat, random=not deterministic)
+    return x
 
 
 class BertModel(nnx.Module):
-  """`input_ids`/`attention_mask` [B, T] -> last hidden layer [B, T, H]. Names follow HF `BertModel`."""
+  """`input_ids`/`attention_mask` [B, T] -> last hidden layer [B, T, H]. Names follow HF `BertModel`.
+  `scan` stacks the layers and runs them with lax.scan; `remat` is a `layers.REMAT_POLICIES` name per layer."""
 
-  def __init__(self, cfg, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, cfg, *, scan: bool = False, remat: str = "none", dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.embeddings = BertEmbeddings(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.encoder = BertEncoder(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.encoder = BertEncoder(cfg, scan=scan, remat=remat, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, token_type_ids: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic)
-    for layer in self.encoder.layer:
-      x = layer(x, attention_mask, deterministic=deterministic)
-    return x
+    x = constrain(self.embeddings(input_ids, token_type_ids, deterministic=deterministic), TOKENS)
+    return self.encoder(x, attention_mask, deterministic=deterministic)

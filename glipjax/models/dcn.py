@@ -17,6 +17,8 @@ def deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Ar
   """x [B,H,W,C]; offset [B,Ho,Wo,18]; mask [B,Ho,Wo,9]; kernel HWIO [3,3,C,O] -> [B,Ho,Wo,O]."""
   b, h, w, c = x.shape
   ho, wo = offset.shape[1:3]
+  # Sampling positions and bilinear weights in float32: bfloat16 cannot hold pixel coordinates + fractions.
+  offset, mask = offset.astype(jnp.float32), mask.astype(jnp.float32)
   ki, kj = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")
   base_y = (np.arange(ho) * stride - 1)[:, None, None] + ki.reshape(1, 1, 9)  # [Ho,1,9]
   base_x = (np.arange(wo) * stride - 1)[None, :, None] + kj.reshape(1, 1, 9)  # [1,Wo,9]

@@ -15,6 +15,10 @@ from flax import nnx
 from glipjax.models import layers as L
 from glipjax.models.bert import BertLayer
 from glipjax.models.dcn import deform_conv, geometric_coarse_offsets, official_coarse_offsets
+from glipjax.sharding import constrain
+
+TOKENS = ("batch", "length", "embed")
+FEATURES = ("batch", "height", "width", "conv_out")
 
 PAD1 = ((1, 1), (1, 1))
 
@@ -56,7 +60,8 @@ class BiMultiHeadAttention(nnx.Module):
     q = heads(self.v_proj(v))
     q = q * q.shape[-1] ** -0.5
     k, vv, vl = heads(self.l_proj(l)), heads(self.values_v_proj(v)), heads(self.values_l_proj(l))
-    attn = jnp.clip(jnp.einsum("bqhd,bkhd->bhqk", q, k), -self.clamp, self.clamp)  # [B,h,Nv,T]
+    # [B,h,Nv,T]; clamps, masks and softmaxes in float32 whatever the compute dtype
+    attn = jnp.clip(jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32), -self.clamp, self.clamp)
     # image -> text: softmax over all visual positions, no mask (padded text rows are updated too).
     attn_t = jnp.swapaxes(attn, -1, -2)
     attn_t = jnp.clip(attn_t - attn_t.max(-1, keepdims=True), -self.clamp, self.clamp)
@@ -64,11 +69,11 @@ class BiMultiHeadAttention(nnx.Module):
     # text -> image: padded tokens masked out.
     attn_v = attn + jnp.where(lang_mask[:, None, None, :] > 0, 0.0, -9e15).astype(attn.dtype)
     probs_v = jax.nn.softmax(attn_v, axis=-1)
-    probs_v = self.dropout(probs_v, deterministic=deterministic)
-    probs_l = self.dropout(probs_l, deterministic=deterministic)
+    probs_v = self.dropout(probs_v, deterministic=deterministic).astype(vl.dtype)
+    probs_l = self.dropout(probs_l, deterministic=deterministic).astype(vv.dtype)
     out_v = jnp.einsum("bhqk,bkhd->bqhd", probs_v, vl).reshape(b, nv, -1)
     out_l = jnp.einsum("bhkq,bqhd->bkhd", probs_l, vv).reshape(b, t, -1)
-    return self.out_v_proj(out_v), self.out_l_proj(out_l)
+    return constrain(self.out_v_proj(out_v), TOKENS), constrain(self.out_l_proj(out_l), TOKENS)
 
 
 class BiAttentionBlock(nnx.Module):
@@ -98,10 +103,10 @@ class VLFuse(nnx.Module):
 
   def __call__(self, visual: list[jax.Array], lang: jax.Array, lang_mask: jax.Array, *, deterministic: bool):
     shapes = [f.shape for f in visual]
-    flat = jnp.concatenate([f.reshape(f.shape[0], -1, f.shape[-1]) for f in visual], axis=1)
+    flat = constrain(jnp.concatenate([f.reshape(f.shape[0], -1, f.shape[-1]) for f in visual], axis=1), TOKENS)
     flat, lang = self.b_attn(flat, lang, lang_mask, deterministic=deterministic)
     splits = np.cumsum([s[1] * s[2] for s in shapes])[:-1]
-    return [p.reshape(s) for p, s in zip(jnp.split(flat, splits, axis=1), shapes)], lang
+    return [constrain(p.reshape(s), FEATURES) for p, s in zip(jnp.split(flat, splits, axis=1), shapes)], lang
 
 
 class Conv3x3Norm(nnx.Module):
@@ -164,7 +169,7 @@ class DyConv(nnx.Module):
       stack = jnp.stack(list(branches.values()))
       attn = h_sigmoid(jax.nn.relu(self.AttnConv(stack.mean(axis=(2, 3), keepdims=True).reshape(
           -1, 1, 1, stack.shape[-1])))).reshape(stack.shape[0], stack.shape[1], 1, 1, 1)
-      y = self.relu((stack * attn).mean(axis=0))
+      y = constrain(self.relu((stack * attn).mean(axis=0)), FEATURES)
       if capture is not None:
         capture[f"{prefix}_visual_l{lvl}"] = y
       out.append(y)
@@ -172,6 +177,8 @@ class DyConv(nnx.Module):
 
 
 class DyHeadTower(nnx.Module):
+  """Each module call is rematerialised with `model.remat` (not while capturing intermediates for parity)."""
+
   def __init__(self, model_cfg, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     d = model_cfg.dyhead
@@ -182,20 +189,24 @@ class DyHeadTower(nnx.Module):
         layers.append(BertLayer(model_cfg.language, attn_clamp=d.attn_clamp, **kw))
       layers.append(DyConv(d.channels, d, **kw))
     self.dyhead_tower = nnx.List(layers)
+    self.remat = L.check_remat(model_cfg.get("remat", "none"))
 
   def __call__(self, visual: list[jax.Array], lang: jax.Array, lang_mask: jax.Array, *, deterministic: bool = True,
                capture: bool = False):
     inter: dict | None = {} if capture else None
+    remat = lambda layer, fn, *args: L.remat_call(layer, fn, *args, policy="none" if capture else self.remat,
+                                                  random=not deterministic)
     for i, layer in enumerate(self.dyhead_tower):
       if isinstance(layer, VLFuse):
-        visual, lang = layer(visual, lang, lang_mask, deterministic=deterministic)
+        visual, lang = remat(layer, lambda m, v, l, mask: m(v, l, mask, deterministic=deterministic),
+                             visual, lang, lang_mask)
         if capture:
           inter.update({f"tower{i}_fuse_visual_l{l}": v for l, v in enumerate(visual)})
           inter[f"tower{i}_fuse_lang_hidden"] = lang
       elif isinstance(layer, BertLayer):
-        lang = layer(lang, lang_mask, deterministic=deterministic)
+        lang = remat(layer, lambda m, l, mask: m(l, mask, deterministic=deterministic), lang, lang_mask)
         if capture:
           inter[f"tower{i}_bert_lang_hidden"] = lang
       else:
-        visual = layer(visual, inter, f"tower{i}_dyconv")
+        visual = remat(layer, lambda m, v: m(v, inter, f"tower{i}_dyconv"), visual)
     return visual, lang, (inter or {})

@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from glipjax.models import layers as L
+from glipjax.sharding import constrain
 
 PAD1 = ((1, 1), (1, 1))  # torch's symmetric padding; flax "SAME" pads stride-2 convs asymmetrically
 
@@ -65,4 +66,4 @@ class FPN(nnx.Module):
       results.insert(0, getattr(self, f"fpn_layer{i + 2}")(merged))
     p6 = self.top_blocks.p6(results[-1])
     p7 = self.top_blocks.p7(jax.nn.relu(p6))
-    return results + [p6, p7]
+    return [constrain(p, ("batch", "height", "width", "conv_out")) for p in results + [p6, p7]]

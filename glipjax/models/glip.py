@@ -57,7 +57,9 @@ class VLDyHead(nnx.Module):
     for lvl, x in enumerate(visual):
       b = x.shape[0]
       q = x.reshape(b, -1, x.shape[-1])
-      logit = jnp.einsum("bac,btc->bat", q, tokens) * inv_temp + token_bias[:, None, :]
+      # Grounding logits in float32 whatever the compute dtype: they feed the focal loss and the clamp.
+      logit = jnp.einsum("bac,btc->bat", q.astype(jnp.float32), tokens.astype(jnp.float32)) * inv_temp + \
+          token_bias[:, None, :].astype(jnp.float32)
       logits.append(jnp.clip(logit, -self.logit_clamp, self.logit_clamp))
       boxes.append((self.bbox_pred(x) * self.scales[lvl].scale[...]).reshape(b, -1, 4))
       ctr.append(self.centerness(x).reshape(b, -1))
@@ -82,11 +84,12 @@ class GLIP(nnx.Module):
     kw = dict(dtype=DTYPES[model_cfg.dtype], param_dtype=DTYPES[model_cfg.param_dtype], rngs=rngs)
     if model_cfg.head.joint_embed != model_cfg.dyhead.channels:
       raise ValueError("head.joint_embed must equal dyhead.channels: visual features are scored unprojected")
-    self.backbone = SwinTransformer(model_cfg.swin, **kw)
+    layered = dict(scan=model_cfg.get("scan_layers", False), remat=model_cfg.get("remat", "none"))
+    self.backbone = SwinTransformer(model_cfg.swin, **layered, **kw)
     in_ch = [self.backbone.num_features[i] for i in model_cfg.swin.out_indices]
     self.fpn = FPN(in_ch, model_cfg.fpn.out_channels, drop_block_prob=model_cfg.fpn.drop_block_prob,
                    drop_block_size=model_cfg.fpn.drop_block_size, **kw)
-    self.language_backbone = BertModel(model_cfg.language, **kw)
+    self.language_backbone = BertModel(model_cfg.language, **layered, **kw)
     self.head = VLDyHead(model_cfg, **kw)
     self.out_indices = tuple(model_cfg.swin.out_indices)
     self.compute_dtype = kw["dtype"]

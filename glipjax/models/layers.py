@@ -11,12 +11,17 @@ Logical axis vocabulary (keep it small):
   vocab      token embedding rows
   conv_in    conv input channels;  conv_out   conv output channels
   norm       LayerNorm / GroupNorm scale and bias
+  layers     leading axis of parameters stacked by `Stack` (scanned layers; replicated unless a rule maps it)
   None       replicated (small tables, scalars)
+
+Activations are constrained with `glipjax.sharding.constrain` under the names batch / length / height / width /
+embed / conv_out (no-ops outside an `activation_rules` context).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -75,3 +80,91 @@ def Embed(num_embeddings: int, features: int, *, axes: Axes = ("vocab", "embed")
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes, dtype: Any = jnp.float32) -> nnx.Param:
   """A raw parameter (layer scales, bias tables, ...) with logical axis names."""
   return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(axes))
+
+
+# `model.remat`: what a rematerialised block keeps from its forward pass for the backward pass.
+REMAT_POLICIES = {
+    "none": None,                                                        # no rematerialisation
+    "full": jax.checkpoint_policies.nothing_saveable,                    # keep only the block inputs
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,              # keep matmul outputs, recompute the rest
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # + attention
+}
+
+
+def check_remat(policy: str) -> str:
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {policy!r}")
+  return policy
+
+
+def remat_call(module: nnx.Module, fn: Callable, *args, policy: str = "none", random: bool = True):
+  """`fn(module, *args)`, rematerialised with `policy` (see REMAT_POLICIES): the backward pass recomputes the
+  block's activations instead of storing them. With `random` (dropout on), the RNG counters advanced inside are
+  written back to `module`; deterministic calls leave the module's non-parameter state alone (it is unread and
+  may be abstract, and a module closed over by jax.jit stays usable)."""
+  if check_remat(policy) == "none":
+    return fn(module, *args)
+  graphdef, params, others = nnx.split(module, nnx.Param, ...)
+
+  def pure(params, scanned_others, *args):
+    m = nnx.merge(graphdef, params, scanned_others if random else others)
+    return fn(m, *args), (nnx.state(m, nnx.Not(nnx.Param)) if random else None)
+
+  out, new_others = jax.checkpoint(pure, policy=REMAT_POLICIES[policy])(params, others if random else None, *args)
+  if random:
+    nnx.update(module, new_others)
+  return out
+
+
+class Stack(nnx.Module):
+  """`length` identical layers built by `make(rngs)`, their parameters stacked on a leading "layers" axis, so
+  `scan` traces and compiles one layer (or group) for all of them. Interop addresses layer i of the stack by
+  the index i, like an nnx.List (glipjax/interop/torch_layout.py)."""
+
+  def __init__(self, make: Callable[[nnx.Rngs], nnx.Module], length: int, *, rngs: nnx.Rngs):
+    @nnx.split_rngs(splits=length)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def create(rngs):
+      return make(rngs)
+
+    self.layers = create(rngs)
+    self.length = length
+
+  def scan(self, body: Callable, carry, xs=None, *, group: int = 1, remat: str = "none", random: bool = True):
+    """carry = body(layers, carry, xs_of_those_layers) over consecutive groups of `group` layers (a list of
+    modules; Swin alternates shifted windows in pairs); a final shorter group takes the remainder. `xs`: arrays
+    with a leading axis of `length`. Each group is rematerialised with `remat`. With `random` (dropout on) the
+    per-layer RNG streams are scanned too and written back; otherwise they are left alone (unread, possibly
+    abstract), as in `remat_call`."""
+    graphdef, params, others = nnx.split(self.layers, nnx.Param, ...)
+
+    def step(p, o, carry, xs_g):
+      n = jax.tree.leaves(p)[0].shape[0]
+      at = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
+      layers = [nnx.merge(graphdef, at(p, i), at(o, i) if random else others) for i in range(n)]
+      carry = body(layers, carry, xs_g)
+      if not random:
+        return carry, o
+      states = [nnx.state(m, nnx.Not(nnx.Param)) for m in layers]  # RNG counters advanced by dropout
+      return carry, jax.tree.map(lambda *a: jnp.stack(a), *states)
+
+    if check_remat(remat) != "none":
+      step = jax.checkpoint(step, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    full = self.length // group
+    take = lambda tree, lo, hi: jax.tree.map(lambda a: a[lo:hi], tree)
+    grouped = lambda tree: jax.tree.map(lambda a: a.reshape(full, group, *a.shape[1:]), take(tree, 0, full * group))
+    scanned_others = others if random else None
+    new_others = []
+    if full:
+      def scan_step(c, inputs):
+        p, o, x = inputs
+        return step(p, o, c, x)
+      carry, o = jax.lax.scan(scan_step, carry, (grouped(params), grouped(scanned_others), grouped(xs)))
+      new_others.append(jax.tree.map(lambda a: a.reshape(full * group, *a.shape[2:]), o))
+    if full * group < self.length:
+      lo = full * group
+      carry, o = step(take(params, lo, None), take(scanned_others, lo, None), carry, take(xs, lo, None))
+      new_others.append(o)
+    if random:
+      nnx.update(self.layers, jax.tree.map(lambda *a: jnp.concatenate(a), *new_others))
+    return carry

@@ -13,6 +13,9 @@ import numpy as np
 from flax import nnx
 
 from glipjax.models import layers as L
+from glipjax.sharding import constrain
+
+PIXELS = ("batch", "height", "width", "embed")
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,11 +37,11 @@ def _shift_mask(hp: int, wp: int, window: int, shift: int) -> np.ndarray:
   return np.where(win[:, None, :] != win[:, :, None], -100.0, 0.0).astype(np.float32)
 
 
-def drop_path(x: jax.Array, rate: float, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
-  """Stochastic depth: drops whole residual branches per sample."""
-  if deterministic or rate == 0.0:
+def drop_path(x: jax.Array, rate: float | jax.Array, deterministic: bool, stream: nnx.RngStream) -> jax.Array:
+  """Stochastic depth: drops whole residual branches per sample. `rate` is an array in scanned stages."""
+  if deterministic or (isinstance(rate, float) and rate == 0.0):
     return x
-  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+  keep = jax.random.bernoulli(stream(), 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
   return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
@@ -58,12 +61,12 @@ class WindowAttention(nnx.Module):
     q, k, v = jnp.split(self.qkv(x).reshape(b, nw, n, 3, h, c // h), 3, axis=3)
     q, k, v = q[:, :, :, 0], k[:, :, :, 0], v[:, :, :, 0]
     q = q * (c // h) ** -0.5
-    attn = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k)
+    attn = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k).astype(jnp.float32)  # bias, mask, softmax in float32
     bias = self.relative_position_bias_table[...][_relative_position_index(self.window)]  # [N, N, heads]
-    attn = attn + bias.transpose(2, 0, 1).astype(attn.dtype)
+    attn = attn + bias.transpose(2, 0, 1).astype(jnp.float32)
     if mask is not None:
-      attn = attn + mask[None, :, None].astype(attn.dtype)
-    attn = jax.nn.softmax(attn, axis=-1)
+      attn = attn + mask[None, :, None]
+    attn = jax.nn.softmax(attn, axis=-1).astype(v.dtype)
     out = jnp.einsum("bwhqk,bwkhd->bwqhd", attn, v).reshape(b, nw, n, c)
     return self.proj(out)
 
@@ -86,11 +89,15 @@ class SwinBlock(nnx.Module):
     self.attn = WindowAttention(dim, num_heads, window, qkv_bias, **kw)
     self.norm2 = L.LayerNorm(dim, **kw)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), **kw)
-    self.rngs = rngs
+    self.drop_rng = rngs.dropout.fork()  # its own stream, so stacked (scanned) blocks get one each
 
-  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, deterministic: bool, shift: int | None = None,
+               drop_path_rate: float | jax.Array | None = None) -> jax.Array:
+    """`shift` / `drop_path_rate` override the block's own (scanned stages share one block structure)."""
     b, hh, ww, c = x.shape
-    w, s = self.window, self.shift
+    w = self.window
+    s = self.shift if shift is None else shift
+    rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     y = self.norm1(x)
     hp, wp = -(-hh // w) * w, -(-ww // w) * w
     y = jnp.pad(y, ((0, 0), (0, hp - hh), (0, wp - ww), (0, 0)))  # after norm1: pad tokens are exact zeros
@@ -102,8 +109,8 @@ class SwinBlock(nnx.Module):
     y = y.reshape(b, hp // w, wp // w, w, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
     if s:
       y = jnp.roll(y, (s, s), axis=(1, 2))
-    x = x + drop_path(y[:, :hh, :ww], self.drop_path_rate, deterministic, self.rngs)
-    return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, deterministic, self.rngs)
+    x = constrain(x + drop_path(y[:, :hh, :ww], rate, deterministic, self.drop_rng), PIXELS)
+    return constrain(x + drop_path(self.mlp(self.norm2(x)), rate, deterministic, self.drop_rng), PIXELS)
 
 
 class PatchMerging(nnx.Module):
@@ -120,17 +127,34 @@ class PatchMerging(nnx.Module):
 
 
 class SwinStage(nnx.Module):
-  def __init__(self, dim, depth, num_heads, window, mlp_ratio, qkv_bias, drop_path_rates, downsample, *, dtype,
-               param_dtype, rngs):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.blocks = nnx.List([
-        SwinBlock(dim, num_heads, window, 0 if j % 2 == 0 else window // 2, mlp_ratio, qkv_bias,
-                  drop_path_rates[j], **kw) for j in range(depth)])
-    self.downsample = PatchMerging(dim, **kw) if downsample else None
+  """`blocks`: an nnx.List, or with `scan` a `layers.Stack` run over (unshifted, shifted) block pairs with the
+  drop-path rates as scanned data; block j keeps the state-dict name `blocks.j` either way."""
+
+  def __init__(self, dim, depth, num_heads, window, mlp_ratio, qkv_bias, drop_path_rates, downsample, *,
+               scan=False, remat="none", dtype, param_dtype, rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    make = lambda j, r: SwinBlock(dim, num_heads, window, 0 if j % 2 == 0 else window // 2, mlp_ratio, qkv_bias,
+                                  drop_path_rates[j], rngs=r, **kw)
+    if scan:
+      self.blocks = L.Stack(lambda r: make(0, r), depth, rngs=rngs)
+    else:
+      self.blocks = nnx.List([make(j, rngs) for j in range(depth)])
+    self.shift, self.drop_path_rates = window // 2, tuple(drop_path_rates)
+    self.downsample = PatchMerging(dim, rngs=rngs, **kw) if downsample else None
+    self.remat = L.check_remat(remat)
 
   def __call__(self, x, *, deterministic):
-    for block in self.blocks:
-      x = block(x, deterministic=deterministic)
+    if isinstance(self.blocks, L.Stack):
+      def pair(blocks, x, rates):
+        for j, block in enumerate(blocks):
+          x = block(x, deterministic=deterministic, shift=self.shift if j % 2 else 0, drop_path_rate=rates[j])
+        return x
+      x = self.blocks.scan(pair, x, jnp.asarray(self.drop_path_rates, jnp.float32), group=2, remat=self.remat,
+                           random=not deterministic)
+    else:
+      for block in self.blocks:
+        x = L.remat_call(block, lambda blk, x: blk(x, deterministic=deterministic), x, policy=self.remat,
+                         random=not deterministic)
     return x, (self.downsample(x) if self.downsample is not None else None)
 
 
@@ -150,14 +174,16 @@ class PatchEmbed(nnx.Module):
     p = self.patch
     h, w = x.shape[1:3]
     x = jnp.pad(x, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
-    return self.norm(self.proj(x))
+    return constrain(self.norm(self.proj(x)), PIXELS)
 
 
 class SwinTransformer(nnx.Module):
   """Returns the four stage outputs (strides 4, 8, 16, 32), NHWC; stages in `cfg.out_indices` get an output
-  LayerNorm `norm{i}` (the official body has `norm0` = Identity, so stage 2 is returned raw)."""
+  LayerNorm `norm{i}` (the official body has `norm0` = Identity, so stage 2 is returned raw). `scan` / `remat`:
+  see SwinStage and `layers.REMAT_POLICIES`."""
 
-  def __init__(self, cfg, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, cfg, *, scan: bool = False, remat: str = "none", dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     depths = tuple(cfg.depths)
     self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim, **kw)
@@ -165,7 +191,7 @@ class SwinTransformer(nnx.Module):
     dims = [cfg.embed_dim * 2 ** i for i in range(len(depths))]
     self.layers = nnx.List([
         SwinStage(dims[i], depths[i], cfg.num_heads[i], cfg.window_size, cfg.mlp_ratio, cfg.qkv_bias,
-                  rates[sum(depths[:i]):sum(depths[:i + 1])], i < len(depths) - 1, **kw)
+                  rates[sum(depths[:i]):sum(depths[:i + 1])], i < len(depths) - 1, scan=scan, remat=remat, **kw)
         for i in range(len(depths))])
     self.out_indices = tuple(cfg.out_indices)
     for i in self.out_indices:
