@@ -145,7 +145,9 @@ def make_train_step(s: Setup):
       new["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
     return new, dict(metrics, grad_norm=optax.tree.norm(grads))
 
-  return jax.jit(train_step, donate_argnums=(0,))
+  # Pinned output layout: left to propagation, some updated parameters / moments come back laid out unlike
+  # the rules (and unlike what the compiled step expects for the next call).
+  return jax.jit(train_step, donate_argnums=(0,), out_shardings=(s.state_shardings, sharding.replicated(s.mesh)))
 
 
 def checkpoint_manager(workdir: pathlib.Path, cfg) -> ocp.CheckpointManager:
