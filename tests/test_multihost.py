@@ -19,7 +19,7 @@ from glipjax.data import pipeline, synthetic_grounding
 from glipjax.text.tokenizers import SentencePieceTokenizer, train_sentencepiece
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-NUM_STEPS = 6
+NUM_STEPS = 4
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +134,15 @@ def test_two_processes_save_and_one_process_with_4_devices_continues(reference, 
   two_process = losses(workdir)
   assert sorted(two_process) == [1, 2]
   # Same global batches and the same 4-device data-parallel program; only the cross-process reductions (gloo)
-  # may add in another order than the in-process ones, hence float32 rounding-level tolerance.
+  # may add in another order than the in-process ones: step 1 matched bitwise, step 2 to 1e-7 when written.
   np.testing.assert_allclose([two_process[s] for s in (1, 2)], [reference[s] for s in (1, 2)], rtol=1e-6)
 
   output = run(train_command(data_dir, workdir), cache_dir, cpu_devices=4)
   assert "written by 2 process(es), this run has 1" in output
   resumed = losses(workdir)
   assert sorted(resumed) == list(range(1, NUM_STEPS + 1))
+  # The restored parameters carry those rounding differences forward (seen: bitwise to 2e-7); a wrong batch,
+  # step or optimizer state would change the loss by far more.
   np.testing.assert_allclose([resumed[s] for s in range(3, NUM_STEPS + 1)],
                              [reference[s] for s in range(3, NUM_STEPS + 1)], rtol=1e-5)
 
@@ -156,8 +158,7 @@ def test_sigkill_at_any_step_then_restart_is_bitwise_exact(reference, data_dir, 
     time.sleep(0.1)
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL
-  killed_at = max(losses(workdir))
-  assert 3 <= killed_at < NUM_STEPS
+  assert max(losses(workdir)) >= 3 and not (workdir / "final_metrics.json").exists()  # killed mid-run
   # A save cut short leaves a directory Orbax never finalized: plant one past the newest real checkpoint.
   partial = workdir / "checkpoints" / f"{NUM_STEPS - 1}.orbax-checkpoint-tmp-1234"
   shutil.copytree(workdir / "checkpoints" / "2", partial)
@@ -167,6 +168,6 @@ def test_sigkill_at_any_step_then_restart_is_bitwise_exact(reference, data_dir, 
 
   output = run(train_command(data_dir, workdir, **{"checkpoint.async_save": True}), cache_dir, cpu_devices=4)
   assert "ignoring the half-written checkpoint" in output and partial.name in output
-  assert "resumed from step" in output
+  assert "resumed from step 2" in output  # killed before the save at step 4 was finalized
   resumed = losses(workdir)
   assert [resumed[s] for s in range(1, NUM_STEPS + 1)] == [reference[s] for s in range(1, NUM_STEPS + 1)]

@@ -75,7 +75,8 @@ class _LocalBatches:
   is example b * global_batch_size + r of the (shuffled, repeated) stream, whatever the process count, so the
   processes together read each global batch exactly once and assemble the single-process batch. A slot whose
   example is skipped (or lies past the end of an eval split) is filled by the next decodable example of the
-  stream: a deterministic stand-in with `valid` False, so every process yields the same number of batches."""
+  stream, a deterministic stand-in (marked `valid` False in eval batches): every process yields the same
+  number of batches, and a training batch does not depend on which process met the skip."""
 
   def __init__(self, examples, global_batch_size: int, rows: tuple[int, int], num_examples: int, with_valid: bool):
     self.examples, self.global_batch_size, self.rows = examples, global_batch_size, rows
