@@ -162,7 +162,7 @@ def test_remat_leaves_bert_gradients_unchanged():
     BertModel(_bert_cfg(), remat="sometimes", rngs=nnx.Rngs(0))
 
 
-@pytest.mark.slow  # ~40 s of deformable-conv gradient compiles; the BERT test covers remat_call and Stack.scan
+@pytest.mark.slow  # deformable-conv gradient compiles (194 s at load ~12); the BERT test covers remat_call + scan
 def test_remat_leaves_tower_gradients_unchanged():
   """VLFuse, tower BERT layer and DyConv each rematerialised."""
   cfg = fixture_model(dict(_FIXTURE_HP))
