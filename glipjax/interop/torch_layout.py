@@ -42,9 +42,7 @@ def _walk(module: Any, parts: Sequence[str], key: str) -> tuple[Any, int | None]
   for part in parts:
     try:
       if isinstance(node, Stack) and part.isdigit():  # layer i of scanned layers: a slice of stacked params
-        if not 0 <= int(part) < node.length:
-          raise IndexError(part)
-        node, index = node.layers, int(part)
+        index, node = node.flat_index(int(part))
       else:
         node = node[int(part)] if part.isdigit() else getattr(node, part)
     except (AttributeError, IndexError, KeyError, TypeError):
@@ -129,8 +127,12 @@ def _unstack(module: nnx.Module, parts: list[str], shape) -> list[tuple[int | No
   """[(layer index or None, path with `Stack.layers` replaced by that index)] for one of our parameter paths."""
   node = module
   for pos, part in enumerate(parts[:-1]):
-    if isinstance(node, Stack):
-      return [(i, parts[:pos] + [str(i)] + parts[pos + 1:]) for i in range(shape[0])]
+    if isinstance(node, Stack):  # parts[pos] is "layers", then the member index when the stack has members
+      m = node.members
+      if m == 1:
+        return [(i, parts[:pos] + [str(i)] + parts[pos + 1:]) for i in range(shape[0])]
+      j = int(parts[pos + 1])
+      return [(i, parts[:pos] + [str(i * m + j)] + parts[pos + 2:]) for i in range(shape[0])]
     node = node[int(part)] if part.isdigit() else getattr(node, part)
   return [(None, parts)]
 

@@ -177,36 +177,65 @@ class DyConv(nnx.Module):
 
 
 class DyHeadTower(nnx.Module):
-  """Each module call is rematerialised with `model.remat` (not while capturing intermediates for parity)."""
+  """`dyhead_tower`: the official flat sequence [VLFuse, BERT layer, DyConv] x num_layers (DyConv only without
+  fusion), as an nnx.List, or with `model.scan_layers` a `layers.Stack` of the repeats run by lax.scan (one
+  layer traced and compiled instead of num_layers; the state-dict names `dyhead_tower.i` are the same). Each
+  module (or scanned repeat) is rematerialised with `model.remat` (not while capturing intermediates for parity).
+  """
 
   def __init__(self, model_cfg, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
     d = model_cfg.dyhead
-    layers = []
-    for _ in range(d.num_layers):
+
+    def repeat(r):  # built in this order so that initialisation draws the same numbers as before
+      modules = []
       if d.fusion:
-        layers.append(VLFuse(d.channels, model_cfg.language.hidden_size, d, **kw))
-        layers.append(BertLayer(model_cfg.language, attn_clamp=d.attn_clamp, **kw))
-      layers.append(DyConv(d.channels, d, **kw))
-    self.dyhead_tower = nnx.List(layers)
+        modules += [VLFuse(d.channels, model_cfg.language.hidden_size, d, rngs=r, **kw),
+                    BertLayer(model_cfg.language, attn_clamp=d.attn_clamp, rngs=r, **kw)]
+      return modules + [DyConv(d.channels, d, rngs=r, **kw)]
+
+    self.members = 3 if d.fusion else 1
+    if model_cfg.get("scan_layers", False):
+      make = (lambda r: nnx.List(repeat(r))) if d.fusion else (lambda r: repeat(r)[0])
+      self.dyhead_tower = L.Stack(make, d.num_layers, members=self.members, rngs=rngs)
+    else:
+      self.dyhead_tower = nnx.List([m for _ in range(d.num_layers) for m in repeat(rngs)])
     self.remat = L.check_remat(model_cfg.get("remat", "none"))
+
+  def _apply(self, module, visual, lang, lang_mask, deterministic, inter=None, name=""):
+    """One tower module on (visual levels, text tokens)."""
+    if isinstance(module, VLFuse):
+      visual, lang = module(visual, lang, lang_mask, deterministic=deterministic)
+      if inter is not None:
+        inter.update({f"{name}_fuse_visual_l{l}": v for l, v in enumerate(visual)})
+        inter[f"{name}_fuse_lang_hidden"] = lang
+    elif isinstance(module, BertLayer):
+      lang = module(lang, lang_mask, deterministic=deterministic)
+      if inter is not None:
+        inter[f"{name}_bert_lang_hidden"] = lang
+    else:
+      visual = module(visual, inter, f"{name}_dyconv")
+    return visual, lang
 
   def __call__(self, visual: list[jax.Array], lang: jax.Array, lang_mask: jax.Array, *, deterministic: bool = True,
                capture: bool = False):
+    if isinstance(self.dyhead_tower, L.Stack):
+      if capture:
+        raise ValueError("capturing tower intermediates needs model.scan_layers=False")
+
+      def repeat(layers, carry, _):
+        group = layers[0] if self.members == 1 else list(layers[0])
+        v, l = carry
+        for module in (group if isinstance(group, list) else [group]):
+          v, l = self._apply(module, v, l, lang_mask, deterministic)
+        return jax.tree.map(lambda new, old: new.astype(old.dtype), (v, l), carry)  # a fixed carry type
+
+      visual, lang = self.dyhead_tower.scan(repeat, (list(visual), lang), remat=self.remat, random=not deterministic)
+      return visual, lang, {}
     inter: dict | None = {} if capture else None
-    remat = lambda layer, fn, *args: L.remat_call(layer, fn, *args, policy="none" if capture else self.remat,
-                                                  random=not deterministic)
-    for i, layer in enumerate(self.dyhead_tower):
-      if isinstance(layer, VLFuse):
-        visual, lang = remat(layer, lambda m, v, l, mask: m(v, l, mask, deterministic=deterministic),
-                             visual, lang, lang_mask)
-        if capture:
-          inter.update({f"tower{i}_fuse_visual_l{l}": v for l, v in enumerate(visual)})
-          inter[f"tower{i}_fuse_lang_hidden"] = lang
-      elif isinstance(layer, BertLayer):
-        lang = remat(layer, lambda m, l, mask: m(l, mask, deterministic=deterministic), lang, lang_mask)
-        if capture:
-          inter[f"tower{i}_bert_lang_hidden"] = lang
-      else:
-        visual = remat(layer, lambda m, v: m(v, inter, f"tower{i}_dyconv"), visual)
+    policy = "none" if capture else self.remat
+    for i, module in enumerate(self.dyhead_tower):
+      visual, lang = L.remat_call(
+          module, lambda m, v, l, mask: self._apply(m, v, l, mask, deterministic, inter, f"tower{i}"),
+          visual, lang, lang_mask, policy=policy, random=not deterministic)
     return visual, lang, (inter or {})

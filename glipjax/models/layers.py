@@ -119,16 +119,29 @@ def remat_call(module: nnx.Module, fn: Callable, *args, policy: str = "none", ra
 class Stack(nnx.Module):
   """`length` identical layers built by `make(rngs)`, their parameters stacked on a leading "layers" axis, so
   `scan` traces and compiles one layer (or group) for all of them. Interop addresses layer i of the stack by
-  the index i, like an nnx.List (glipjax/interop/torch_layout.py)."""
+  the index i, like an nnx.List (glipjax/interop/torch_layout.py).
 
-  def __init__(self, make: Callable[[nnx.Rngs], nnx.Module], length: int, *, rngs: nnx.Rngs):
+  With `members` > 1, `make` returns an nnx.List of that many (different) modules and the stack stands for
+  their flat concatenation, as a torch `Sequential([a, b, c] * length)`: flat index i is member i % members of
+  layer i // members (the DyHead tower's [VLFuse, BERT layer, DyConv] repeats)."""
+
+  def __init__(self, make: Callable[[nnx.Rngs], nnx.Module], length: int, *, members: int = 1,
+               rngs: nnx.Rngs):
     @nnx.split_rngs(splits=length)
     @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def create(rngs):
       return make(rngs)
 
     self.layers = create(rngs)
-    self.length = length
+    self.length, self.members = length, members
+    if members > 1 and not (isinstance(self.layers, nnx.List) and len(self.layers) == members):
+      raise ValueError(f"Stack(members={members}) needs `make` to return an nnx.List of {members} modules")
+
+  def flat_index(self, i: int) -> tuple[int, nnx.Module]:
+    """(layer index, stacked module) that flat (torch) index i addresses."""
+    if not 0 <= i < self.length * self.members:
+      raise IndexError(i)
+    return i // self.members, (self.layers[i % self.members] if self.members > 1 else self.layers)
 
   def scan(self, body: Callable, carry, xs=None, *, group: int = 1, remat: str = "none", random: bool = True):
     """carry = body(layers, carry, xs_of_those_layers) over consecutive groups of `group` layers (a list of
