@@ -17,6 +17,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base.get_config(model=model_lib.glip_model("glip_l"))
   c.data.train_short_sides = (480, 560, 640, 720, 800)  # AUGMENT.MULT_MIN_SIZE_TRAIN
   c.optim.weight_decay = 0.01                            # SOLVER.WEIGHT_DECAY (GLIP-T: 1e-4)
+  # Repeated layers (BERT, Swin block pairs, DyHead repeats) traced once under lax.scan: the train step compiles
+  # in about a minute instead of many (benchmarks/compile_time.py); weights import/export the same either way.
+  c.model.scan_layers = True
   c.train.num_steps = 1_000_000                          # SOLVER.MAX_ITER; steps at 0.67 / 0.89 as in base
   # TODO(optim): SOLVER.WEIGHT_DECAY_SCHEDULE=True (weight decay x0.1 together with the lr steps) has no key.
   # TODO(optim): the yaml keeps MODEL.BACKBONE.FREEZE_CONV_BODY_AT=2, i.e. Swin patch_embed and stage 1 frozen

@@ -29,6 +29,9 @@ def get_config(arg: str = "c") -> ml_collections.ConfigDict:
   c = base.get_config(model=model_lib.glip_model(f"glip_t_{arg}"))
   c.data.train_short_sides = (480, 560, 640, 720, 800)  # AUGMENT.MULT_MIN_SIZE_TRAIN
   c.optim.ema_decay = 0.999                              # SOLVER.MODEL_EMA of the GLIP-T yaml
+  # Repeated layers (BERT, Swin block pairs, DyHead repeats) traced once under lax.scan: the train step compiles
+  # in about a minute instead of many (benchmarks/compile_time.py); weights import/export the same either way.
+  c.model.scan_layers = True
   # TODO(train): the yaml trains 30 epochs (SOLVER.MAX_EPOCH) at batch 64; num_steps = 30 * len(mixture) / 64
   # once the mixture's size is known to the config.
   return c

@@ -46,7 +46,7 @@ def glip_model(variant: str = "glip_t_c") -> ml_collections.ConfigDict:
   m.anchors = ml_collections.ConfigDict(dict(sizes=(64, 128, 256, 512, 1024), strides=(8, 16, 32, 64, 128)))
   m.dtype = "float32"        # compute dtype ("bfloat16": softmax, norms, grounding logits stay float32)
   m.param_dtype = "float32"  # parameter (master weight) dtype
-  m.scan_layers = False      # BERT layers and Swin block pairs stacked on a "layers" axis and run by lax.scan
+  m.scan_layers = False      # BERT layers, Swin block pairs, DyHead repeats stacked on a "layers" axis, run by lax.scan
   m.remat = "none"           # per transformer block / DyHead module: none|full|dots_saveable|
                              # dots_with_no_batch_dims_saveable (glipjax/models/layers.py REMAT_POLICIES)
 

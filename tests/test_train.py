@@ -48,10 +48,17 @@ def full_run(tmp_path_factory, data_dir):
 
 def test_resume_after_interruption_is_exact(full_run, data_dir, tmp_path):
   workdir_a, _ = full_run
-  # "Interrupted" run: stops after step 3 (its checkpoint), then the same command continues to step 6.
-  train.train_and_evaluate(small_config(data_dir, **{"train.num_steps": 3}), tmp_path, progress=False)
-  train.train_and_evaluate(small_config(data_dir), tmp_path, progress=False)
-  a, b = losses(workdir_a), losses(tmp_path)
+  # The run as it stood when interrupted after its step-3 checkpoint (train state + data iterator state); the
+  # same command then continues to step 6. (A real SIGKILL mid-run: tests/test_multihost.py.)
+  workdir = tmp_path / "run"
+  shutil.copytree(workdir_a, workdir)
+  shutil.rmtree(workdir / "checkpoints" / "6")
+  (workdir / "final_metrics.json").unlink()
+  rows = (workdir / "metrics.jsonl").read_text().splitlines()
+  (workdir / "metrics.jsonl").write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= 3))
+  assert sorted(losses(workdir)) == [1, 2, 3]
+  train.train_and_evaluate(small_config(data_dir), workdir, progress=False)
+  a, b = losses(workdir_a), losses(workdir)
   assert sorted(b) == [1, 2, 3, 4, 5, 6]
   assert [a[s] for s in range(1, 7)] == [b[s] for s in range(1, 7)]  # bitwise equal on CPU
 
