@@ -1,5 +1,6 @@
 """GLIP-T(C) train step on this CPU: step time, FLOPs per step (matmuls + convolutions of the step's jaxpr, scans
-multiplied out; XLA's cost analysis beside it), achieved FLOP/s, and that as a fraction of this machine's float32 matmul peak measured in the same run (goal >= 35%).
+multiplied out; XLA's cost analysis beside it), achieved FLOP/s, and that as a fraction of this machine's float32
+matmul peak measured in the same run (goal >= 35%).
 
   .venv/bin/python -m benchmarks.train_step_cpu [--steps 3] [--set data.canvas=(384,384) ...]
 
