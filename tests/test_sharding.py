@@ -220,7 +220,7 @@ def worker(out_dir: pathlib.Path, meshes: list[str]) -> None:
     np.savez(out_dir / f"{name}_init.npz", **init_params)
     np.savez(out_dir / f"{name}_final.npz", **final)
     report[name] = dict(metrics=metrics, layout=layout)
-  if jax.device_count() == 8:
+  if "fsdp_tp" in meshes:
     report["fraction"] = {name: state_bytes_fraction(module, MESHES["fsdp"], arg)
                           for name, module, arg in (("glip_t", glip_t, "c"), ("glip_l", glip_l, None))}
     # An activation constraint by logical names lands where the rules say.
@@ -253,25 +253,31 @@ def load(out_dir: pathlib.Path, report: dict, mesh: str):
 
 
 @pytest.fixture(scope="module")
-def one_device_and_fsdp_tp(tmp_path_factory):
-  """The 1-device reference and FSDP x TP on 8 devices, computed side by side (an XLA compile is mostly
-  single-threaded). DP and pure FSDP cost as much again and are marked slow."""
-  ref_dir, out = tmp_path_factory.mktemp("one_device"), tmp_path_factory.mktemp("fsdp_tp")
-  procs = [start_worker(ref_dir, 1, ["one"]), start_worker(out, 8, ["fsdp_tp"])]
+def workers(tmp_path_factory):
+  """The 1-device reference, FSDP x TP, and DP then FSDP, in three processes side by side (an XLA compile is
+  mostly single-threaded, so the 8-device steps compile while the reference does)."""
+  dirs = {name: tmp_path_factory.mktemp(name) for name in ("one", "fsdp_tp", "dp_fsdp")}
+  procs = {"one": start_worker(dirs["one"], 1, ["one"]), "fsdp_tp": start_worker(dirs["fsdp_tp"], 8, ["fsdp_tp"]),
+           "dp_fsdp": start_worker(dirs["dp_fsdp"], 8, ["dp", "fsdp"])}
   try:
-    return load(ref_dir, finish_worker(procs[0], ref_dir), "one"), out, finish_worker(procs[1], out)
+    return {name: (dirs[name], finish_worker(proc, dirs[name])) for name, proc in procs.items()}
   finally:
-    procs[1].kill()
+    for proc in procs.values():
+      proc.kill()
 
 
 @pytest.fixture(scope="module")
-def dp_and_fsdp(tmp_path_factory):
-  out = tmp_path_factory.mktemp("sharding_slow")
-  return out, finish_worker(start_worker(out, 8, ["dp", "fsdp"]), out)
+def one_device_and_fsdp_tp(workers):
+  (ref_dir, ref_report), (out, report) = workers["one"], workers["fsdp_tp"]
+  return load(ref_dir, ref_report, "one"), out, report
 
 
-@pytest.mark.parametrize("mesh", [pytest.param("dp", marks=pytest.mark.slow),
-                                  pytest.param("fsdp", marks=pytest.mark.slow), "fsdp_tp"])
+@pytest.fixture(scope="module")
+def dp_and_fsdp(workers):
+  return workers["dp_fsdp"]
+
+
+@pytest.mark.parametrize("mesh", ["dp", "fsdp", "fsdp_tp"])
 def test_sharded_train_steps_match_one_device(one_device_and_fsdp_tp, request, mesh):
   (ref, ref_init, ref_final), out, report = one_device_and_fsdp_tp
   if mesh != "fsdp_tp":
@@ -330,7 +336,6 @@ def test_parameters_and_moments_are_sharded_as_the_rules_say(one_device_and_fsdp
   assert report["constrained_spec"] == "P('fsdp', None, 'tensor')"
 
 
-@pytest.mark.slow
 def test_dp_replicates_and_fsdp_splits_eight_ways(dp_and_fsdp):
   _, report = dp_and_fsdp
   dp, fsdp = report["dp"]["layout"], report["fsdp"]["layout"]
