@@ -187,7 +187,7 @@ class DyHeadTower(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     d = model_cfg.dyhead
 
-    def repeat(r):  # built in this order so that initialisation draws the same numbers as before
+    def repeat(r):  # in the official order: initialisation draws follow construction order
       modules = []
       if d.fusion:
         modules += [VLFuse(d.channels, model_cfg.language.hidden_size, d, rngs=r, **kw),
@@ -224,9 +224,8 @@ class DyHeadTower(nnx.Module):
         raise ValueError("capturing tower intermediates needs model.scan_layers=False")
 
       def repeat(layers, carry, _):
-        group = layers[0] if self.members == 1 else list(layers[0])
         v, l = carry
-        for module in (group if isinstance(group, list) else [group]):
+        for module in (list(layers[0]) if self.members > 1 else [layers[0]]):
           v, l = self._apply(module, v, l, lang_mask, deterministic)
         return jax.tree.map(lambda new, old: new.astype(old.dtype), (v, l), carry)  # a fixed carry type
 
