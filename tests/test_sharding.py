@@ -231,10 +231,9 @@ def worker(out_dir: pathlib.Path, meshes: list[str]) -> None:
 
 
 def start_worker(out_dir: pathlib.Path, num_devices: int, meshes: list[str]) -> subprocess.Popen:
-  """A fresh process, since the device count is fixed when JAX starts. XLA's backend optimisation is off on both
-  sides of the comparison: it is most of the compile time, and the checks here are about layouts and values."""
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(num_devices), PYTHONPATH=str(REPO),
-             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip())
+  """A fresh process, since the device count is fixed when JAX starts. It inherits XLA_FLAGS from
+  tests/conftest.py (LLVM -O0 on both sides of the comparison: the checks here are about layouts and values)."""
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(num_devices), PYTHONPATH=str(REPO))
   return subprocess.Popen([sys.executable, __file__, str(out_dir), *meshes], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
