@@ -20,6 +20,9 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
       eval_short_side=800, canvas=(1344, 1344), flip_prob=0.5, max_boxes=100, max_phrases=100, num_workers=0,
       tokenizer="wordpiece", tokenizer_path="",   # a vocab.txt (wordpiece) or a .model (sentencepiece)
       sentencepiece_vocab_size=0,                  # > 0: train a sentencepiece model on the captions first
+      # Training prompts (glipjax/data/prompting.py): this share of examples gets a detection prompt (the
+      # categories present + sampled negatives, GLIP's O365 recipe), the rest their caption.
+      detection_prompt_prob=0.5, max_negatives=85,
   ))
 
   # Official recipe (DESIGN.md §1): AdamW, language backbone lr x0.1, no decay on biases/norms, warmup + steps.
@@ -41,9 +44,9 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
       global_batch_size=8, pre_nms_thresh=0.05, pre_nms_top_n=1000, nms_thresh=0.6, detections_per_img=100,
       num_pictures=8, picture_score_thresh=0.3))
 
-  # keep the newest `max_to_keep`; with `best_metric` (an eval metric, e.g. "AP") also the best parameters so far
+  # keep the newest `max_to_keep`; with `best_metric` (an eval metric, e.g. "detection/AP") also the best parameters so far
   # in <workdir>/best. SIGTERM (preemption) saves at the next step and exits cleanly.
-  c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True, best_metric="AP"))
+  c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True, best_metric="detection/AP"))
 
   # Mesh (glipjax/sharding.py): axis sizes within a slice / host group (-1 = the rest) times `dcn_shape` across
   # slices / hosts. `rules` map the logical axes of parameters (glipjax/models/layers.py) and of activations

@@ -59,7 +59,7 @@ def glip_model(variant: str = "glip_t_c") -> ml_collections.ConfigDict:
     m.swin.update(embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
     m.language.update(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
                       max_position_embeddings=64)
-    m.max_query_len = 32
+    m.max_query_len = 64  # all 15 kinds of the embedded dataset fit one detection prompt
     m.fpn.update(out_channels=64, drop_block_prob=0.0)
     m.dyhead.update(num_layers=2, channels=64, fusion_embed_dim=256, fusion_heads=4,
                     layer_scale_init=0.5)

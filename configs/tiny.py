@@ -10,8 +10,8 @@ def get_config():
   m = model.glip_model("tiny")
   c = base.get_config(model=m)
   c.data.update(builder_config="default", train_short_sides=(112, 120, 128), max_size=128, eval_short_side=128,
-                canvas=(128, 128), flip_prob=0.5, max_boxes=8, max_phrases=4, tokenizer="sentencepiece",
-                sentencepiece_vocab_size=128)
+                canvas=(128, 128), flip_prob=0.5, max_boxes=8, max_phrases=16, tokenizer="sentencepiece",
+                sentencepiece_vocab_size=128, detection_prompt_prob=0.5, max_negatives=14)
   c.optim.update(learning_rate=2e-3, language_lr_factor=1.0, weight_decay=1e-4, warmup_steps=100,
                  schedule="cosine", grad_clip_norm=1.0)
   c.train.update(global_batch_size=16, num_steps=1000, log_every=25, eval_every=500, checkpoint_every=250)

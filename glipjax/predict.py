@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 import glipjax  # noqa: F401
-from glipjax import config_utils, evaluate, sharding, train, visualize
+from glipjax import config_utils, sharding, train, visualize
+from glipjax.evaluators import common
 from glipjax.data import transforms
 from glipjax.ops.postprocess import to_coco_results
 from glipjax.text.prompts import token_map_from_spans
@@ -68,7 +69,7 @@ def predict(workdir: str | pathlib.Path, image: np.ndarray, prompt: str, *, scor
                image_hw=np.array([[h, w]], np.int32))
   with jax.set_mesh(s.mesh):
     _, params, rest = train.restore_for_inference(s, workdir)
-    fn = evaluate.make_predict_fn(s.graphdef, s.anchors, s.level_counts, config.eval)
+    fn = common.make_predict_fn(s.graphdef, s.anchors, s.level_counts, config.eval)
     dets = jax.tree.map(np.asarray, fn(params, rest, sharding.global_batch(batch, sharding.replicated(s.mesh))))
   scales = np.array([[image.shape[0] / h, image.shape[1] / w]])
   results = to_coco_results(dets, [0], scales)

@@ -28,8 +28,9 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 import glipjax  # noqa: F401
-from glipjax import config_utils, distributed, evaluate, perf, sharding
+from glipjax import config_utils, distributed, perf, sharding
 from glipjax.data import pipeline, synthetic_grounding
+from glipjax.evaluators import common as eval_common, synthetic as synthetic_eval
 from glipjax.models.glip import GLIP
 from glipjax.ops import anchors as anchor_ops
 from glipjax.ops.losses import glip_loss
@@ -150,6 +151,11 @@ def make_train_step(s: Setup):
   return jax.jit(train_step, donate_argnums=(0,), out_shardings=(s.state_shardings, sharding.replicated(s.mesh)))
 
 
+# The figures a run prints at each evaluation (all of them go to TensorBoard and metrics.jsonl).
+HEADLINE = ("detection/AP50", "detection/text_blind/AP50", "grounding/AP50", "grounding/colour_swapped/AP50",
+            "grounding/absent_kinds/AP50")
+
+
 def checkpoint_manager(workdir: pathlib.Path, cfg) -> ocp.CheckpointManager:
   directory = (workdir / "checkpoints").absolute()
   for partial in sorted(directory.glob(f"*{ocp.utils.TMP_DIR_SUFFIX}*")):
@@ -208,8 +214,9 @@ def best_checkpoint_manager(workdir: pathlib.Path, cfg) -> ocp.CheckpointManager
   metric = cfg.checkpoint.best_metric
   if not metric:
     return None
-  if metric not in evaluate.METRIC_NAMES:
-    raise ValueError(f"checkpoint.best_metric {metric!r} is not an evaluation metric {evaluate.METRIC_NAMES}")
+  if metric.split("/")[-1] not in eval_common.METRIC_NAMES:
+    raise ValueError(f"checkpoint.best_metric {metric!r} is not an evaluation metric: a protocol and one of "
+                     f"{eval_common.METRIC_NAMES}, e.g. 'detection/AP'")
   options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m[metric], best_mode="max",
                                          enable_async_checkpointing=cfg.checkpoint.async_save)
   return ocp.CheckpointManager((workdir / "best").absolute(), options=options, item_names=("params",))
@@ -350,7 +357,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
 
     num_steps = config.train.num_steps
     bar = tqdm(total=num_steps, initial=start_step, disable=not (progress and lead), desc="train", unit="step")
-    eval_metrics: dict = {}
+    eval_metrics: dict = {}  # nested by protocol (evaluators/synthetic.py)
+    predict_fn = eval_common.make_predict_fn(s.graphdef, s.anchors, s.level_counts, config.eval)
     perf_stats: dict = {}
     compiled, preempted = None, False
     pending = None  # the previous step's (step, metrics): checked once the next step is queued, so the host
@@ -391,13 +399,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
         break
       if config.train.eval_every > 0 and at(config.train.eval_every):
         params = state.get("ema", state["params"])
-        eval_metrics = evaluate.evaluate(config, s.graphdef, params, rest, tokenizer, s.anchors, s.level_counts,
-                                         mesh=s.mesh, workdir=workdir if done == num_steps else None)
-        writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
-        jsonl.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
-        bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+        eval_metrics = synthetic_eval.evaluate(lambda b: predict_fn(params, rest, b), config, tokenizer, s.mesh,
+                                               workdir=workdir if done == num_steps else None)
+        flat = eval_common.flatten(eval_metrics)
+        writer.write_scalars(done, {f"eval/{k}": v for k, v in flat.items()})
+        jsonl.write(done, {f"eval/{k}": v for k, v in flat.items()})
+        bar.write(f"step {done}: " + ", ".join(f"{k}={flat[k]:.3f}" for k in HEADLINE if k in flat))
         if best is not None:
-          best.save(done, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), metrics=eval_metrics)
+          best.save(done, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), metrics=flat)
     if pending is not None:
       check_finite(*pending)
     bar.close()

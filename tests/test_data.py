@@ -14,9 +14,15 @@ def test_scenes_are_deterministic_and_consistent():
     np.testing.assert_array_equal(a["image"], b["image"])
     assert a["caption"] == b["caption"]
     assert [a["caption"][s:e] for s, e in a["phrase_spans"]] == a["phrases"]
-    assert len(a["boxes"]) == len(a["box_phrase"]) > 0
+    assert len(a["boxes"]) == len(a["labels"]) == len(a["box_phrase"]) >= 2
     assert (a["boxes"][:, :2] >= 0).all() and (a["boxes"][:, 2] < 128).all() and (a["boxes"][:, 3] < 128).all()
-    assert set(a["box_phrase"].tolist()) == set(range(len(a["phrases"])))  # every phrase grounds a box
+    assert set(a["box_phrase"].tolist()) - {-1} == set(range(len(a["phrases"])))  # every phrase grounds a box
+    for phrase, kind in zip(a["phrases"], a["phrase_labels"]):  # ... of the kind it names, and all of them
+      members = a["box_phrase"] == a["phrases"].index(phrase)
+      assert (a["labels"][members] == kind).all()
+      assert synthetic.kind_name(synthetic.KINDS[kind - 1]) in phrase or "the " in phrase
+      if not phrase.startswith("the "):
+        assert members.sum() == (a["labels"] == kind).sum()
 
 
 def test_flip_keeps_relation_captions_true():
@@ -32,11 +38,12 @@ def test_flip_keeps_relation_captions_true():
 
 def test_boxes_are_clipped_and_bad_ones_dropped():
   boxes = np.array([[-5, -5, 10, 10], [3, 3, 3, 8], [np.nan, 0, 4, 4], [0, 0, 50, 50]], np.float32)
-  out, phrase, dropped = transforms.sanitize_boxes(boxes, np.array([0, 0, 0, 5]), (20, 30), num_phrases=1)
-  np.testing.assert_array_equal(out, [[0, 0, 10, 10]])
-  assert dropped == 3 and phrase.tolist() == [0]
-  with pytest.raises(transforms.BadExample):
-    transforms.sanitize_boxes(boxes, np.array([0]), (20, 30), 1)
+  out, (labels, phrase), dropped = transforms.sanitize_boxes(boxes, (20, 30), np.array([7, 8, 9, 4]),
+                                                             np.array([0, 0, 0, -1]))
+  np.testing.assert_array_equal(out, [[0, 0, 10, 10], [0, 0, 29, 19]])
+  assert dropped == 2 and labels.tolist() == [7, 4] and phrase.tolist() == [0, -1]
+  with pytest.raises(transforms.BadExample, match="4 boxes but 1"):
+    transforms.sanitize_boxes(boxes, (20, 30), np.array([0]))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +52,8 @@ def tiny_data(tmp_path_factory):
   synthetic_grounding.prepare(root, "tiny")
   cfg = ml_collections.ConfigDict(dict(
       name="synthetic_grounding", builder_config="tiny", data_dir=str(root), train_short_sides=(48, 64),
-      max_size=64, eval_short_side=64, canvas=(64, 64), flip_prob=0.5, max_boxes=6, max_phrases=4, num_workers=0))
+      max_size=64, eval_short_side=64, canvas=(64, 64), flip_prob=0.5, max_boxes=6, max_phrases=4, num_workers=0,
+      detection_prompt_prob=0.5, max_negatives=14))
   tok = SentencePieceTokenizer(train_sentencepiece(pipeline.iter_captions(cfg), root / "sp", 64))
   return cfg, tok
 
@@ -85,7 +93,7 @@ def test_eval_pipeline_covers_the_split_once_and_skips_corrupt_examples(tiny_dat
                                         max_query_len=64))
   ids = np.concatenate([b["image_id"][b["valid"]] for b in batches])
   assert len(ids) == len(set(ids)) == 8
-  real_decode = pipeline._decode
+  real_decode = pipeline.decode
 
   def corrupt_first(record):
     ex = real_decode(record)
@@ -93,7 +101,7 @@ def test_eval_pipeline_covers_the_split_once_and_skips_corrupt_examples(tiny_dat
       ex["image"] = ex["image"][..., :2]  # a broken image
     return ex
 
-  monkeypatch.setattr(pipeline, "_decode", corrupt_first)
+  monkeypatch.setattr(pipeline, "decode", corrupt_first)
   pipeline.SKIPPED.clear()
   batches = list(pipeline.make_pipeline(cfg, "validation", tok, global_batch_size=3, train=False, seed=0,
                                         max_query_len=64))

@@ -109,8 +109,16 @@ def test_evaluate_writes_metrics_pictures_and_predict_works(full_run, data_dir, 
     metrics = evaluate.evaluate(config, setup.graphdef, params, rest,
                                 train.prepare_tokenizer(config, workdir), setup.anchors, setup.level_counts,
                                 mesh=setup.mesh, workdir=workdir)
-  assert set(evaluate.METRIC_NAMES) <= set(metrics) and all(0.0 <= v <= 1.0 for v in metrics.values())
-  assert len(list((workdir / "pictures").glob("*.png"))) == 2 and (workdir / "predictions.json").exists()
+  from glipjax.evaluators import common
+  flat = common.flatten(metrics)
+  for protocol in ("detection", "detection/text_blind", "grounding", "grounding/colour_swapped",
+                   "grounding/absent_kinds"):
+    assert {f"{protocol}/{k}" for k in common.METRIC_NAMES} <= set(flat)
+  assert all(0.0 <= v <= 1.0 for v in flat.values())
+  assert len(list((workdir / "pictures").glob("detection_*.png"))) == 2
+  assert len(list((workdir / "pictures").glob("grounding_*.png"))) == 2
+  predictions = json.loads((workdir / "predictions.json").read_text())
+  assert all(1 <= p["category_id"] <= 15 for p in predictions)  # the detection protocol's kinds
   assert final["steps"] == 6 and final["wall_seconds"] > 0
 
   image = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)  # odd size: resized + padded

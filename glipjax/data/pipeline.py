@@ -15,7 +15,7 @@ import grain
 import jax
 import numpy as np
 
-from glipjax.data import synthetic_grounding, transforms
+from glipjax.data import prompting, synthetic, synthetic_grounding, transforms
 from glipjax.text.tokenizers import Tokenizer
 
 SKIPPED: collections.Counter = collections.Counter()  # reasons examples were skipped, per process
@@ -27,47 +27,80 @@ def open_source(data_cfg, split: str):
   return synthetic_grounding.data_source(data_cfg.data_dir, split, data_cfg.builder_config)
 
 
-def _decode(record) -> dict:
+def category_names(data_cfg) -> list[str]:
+  """The dataset's detection vocabulary in category-id order (id = index + 1)."""
+  if data_cfg.name != "synthetic_grounding":
+    raise ValueError(f"unknown dataset {data_cfg.name!r}; available: 'synthetic_grounding'")
+  return synthetic.category_names()
+
+
+def decode(record) -> dict:
+  """A stored record -> the canonical record: image, image_id, boxes [N,4] with category `labels` [N], and the
+  caption with its `phrase_spans` [P,2], `box_phrase` [N] (-1: box not in the caption), `phrase_labels` [P]."""
   caption = record["caption"]
+  boxes = np.asarray(record["boxes"])
   return dict(image=np.asarray(record["image"]), image_id=int(record["image_id"]),
               caption=caption.decode("utf-8") if isinstance(caption, bytes) else str(caption),
-              boxes=np.asarray(record["boxes"]), box_phrase=np.asarray(record["box_phrase"]),
-              phrase_spans=np.asarray(record["phrase_spans"]))
+              boxes=boxes, labels=np.asarray(record["labels"]), box_phrase=np.asarray(record["box_phrase"]),
+              phrase_spans=np.asarray(record["phrase_spans"]), phrase_labels=np.asarray(record["phrase_labels"]))
+
+
+def train_prompter(data_cfg, tokenizer: Tokenizer, max_query_len: int) -> prompting.TrainPrompter:
+  return prompting.TrainPrompter(category_names(data_cfg), detection_prob=data_cfg.detection_prompt_prob,
+                                 max_negatives=data_cfg.max_negatives, tokenizer=tokenizer, max_len=max_query_len,
+                                 max_phrases=data_cfg.max_phrases)
 
 
 class _Transform:
-  """Picklable per-example transform; returns None for examples to skip (counted in SKIPPED)."""
+  """Picklable per-example transform: decode, validate, prompt, resize, flip, encode. Returns None for examples
+  to skip (counted in SKIPPED). `prompter(record, rng)` (training) or `prompter(record)` (evaluation) turns the
+  record into a `prompting.Prompt`; evaluation examples may have no box under their prompt, training ones not."""
 
-  def __init__(self, data_cfg, tokenizer: Tokenizer, max_query_len: int, train: bool):
+  def __init__(self, data_cfg, tokenizer: Tokenizer, max_query_len: int, train: bool, prompter=None):
     self.cfg, self.tok, self.max_query_len, self.train = data_cfg, tokenizer, max_query_len, train
+    self.prompter = prompter or (train_prompter(data_cfg, tokenizer, max_query_len) if train
+                                 else prompting.caption_prompt)
 
   def __call__(self, record, rng: np.random.Generator | None = None):
     c = self.cfg
     try:
-      ex = _decode(record)
+      ex = decode(record)
       image = ex["image"]
       if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
         raise transforms.BadExample(f"bad image shape {image.shape}")
-      boxes, phrase, dropped = transforms.sanitize_boxes(ex["boxes"], ex["box_phrase"], image.shape[:2],
-                                                         len(ex["phrase_spans"]))
+      boxes, (labels, box_phrase), dropped = transforms.sanitize_boxes(
+          ex["boxes"], image.shape[:2], ex["labels"], ex["box_phrase"])
       if dropped:
         SKIPPED["invalid boxes (dropped)"] += dropped
+      prompt = self.prompter(dict(ex, boxes=boxes, labels=labels, box_phrase=box_phrase),
+                             *((rng,) if self.train else ()))
+      named = prompt.box_phrase >= 0
+      boxes, phrase = boxes[named], prompt.box_phrase[named]
       short = int(rng.choice(c.train_short_sides)) if self.train else c.eval_short_side
       orig_hw = np.array(image.shape[:2], np.int32)
       image, boxes = transforms.resize(image, boxes, short, c.max_size)
-      caption, spans = ex["caption"], ex["phrase_spans"]
+      caption, spans = prompt.caption, prompt.spans
       if self.train and rng.random() < c.flip_prob:
         image, boxes, caption, spans = transforms.hflip(image, boxes, caption, spans)
       out = transforms.encode_example(image, caption, boxes, phrase, spans, self.tok, canvas=tuple(c.canvas),
                                       max_boxes=c.max_boxes, max_phrases=c.max_phrases,
-                                      max_query_len=self.max_query_len)
+                                      max_query_len=self.max_query_len, allow_empty=not self.train)
     except (transforms.BadExample, ValueError, KeyError, OSError) as e:
       SKIPPED[type(e).__name__] += 1
-      logging.warning("skipping an example: %s", e)
+      logging.warning("skipping example %s: %s", _record_id(record), e)
       return None
     out["image_id"] = np.int32(ex["image_id"])
     out["orig_hw"] = orig_hw
+    if not self.train:  # what each phrase stands for, to score detections by category
+      out["phrase_categories"] = transforms.pad_to(prompt.phrase_categories[:c.max_phrases], c.max_phrases)
     return out
+
+
+def _record_id(record) -> str:
+  try:
+    return f"image_id {int(record['image_id'])}"
+  except (KeyError, TypeError, ValueError):
+    return "(no image_id)"
 
 
 class _LocalBatches:
@@ -114,14 +147,16 @@ def default_rows(global_batch_size: int, shard_by_process: bool = True) -> tuple
 
 
 def make_pipeline(data_cfg, split: str, tokenizer: Tokenizer, *, global_batch_size: int, train: bool, seed: int,
-                  max_query_len: int, shard_by_process: bool = True, rows: tuple[int, int] | None = None):
+                  max_query_len: int, shard_by_process: bool = True, rows: tuple[int, int] | None = None,
+                  prompter=None):
   """An iterator of numpy batch dicts: rows `rows` (default: this process's equal slice) of each global batch.
   Train: shuffled (reshuffled every epoch), repeated, random resize/flip. Eval: one ordered pass; the last
   global batch is padded with `valid` False. Element n of the iterator is global batch n on any process count,
-  and its state is {"next_index": batches consumed}, so a checkpoint fits any process count."""
+  and its state is {"next_index": batches consumed}, so a checkpoint fits any process count. `prompter`: see
+  `_Transform` (default: the config's training mixture, or the record's caption for evaluation)."""
   rows = rows or default_rows(global_batch_size, shard_by_process)
   source = grain.MapDataset.source(open_source(data_cfg, split))
-  transform = _Transform(data_cfg, tokenizer, max_query_len, train)
+  transform = _Transform(data_cfg, tokenizer, max_query_len, train, prompter)
   if train:
     examples = source.shuffle(seed=seed).repeat().random_map(lambda r, rng: transform(r, rng), seed=seed)
     num_batches = len(examples) // global_batch_size
@@ -135,6 +170,8 @@ def make_pipeline(data_cfg, split: str, tokenizer: Tokenizer, *, global_batch_si
 
 
 def iter_captions(data_cfg, split: str = "train"):
+  """Every text the model will read, for training a tokenizer: the category names, then the captions."""
+  yield from category_names(data_cfg)
   source = open_source(data_cfg, split)
   for i in range(len(source)):
     cap = source[i]["caption"]

@@ -26,9 +26,11 @@ class SyntheticGroundingConfig(tfds.core.BuilderConfig):
 
 
 class SyntheticGrounding(tfds.core.GeneratorBasedBuilder):
-  """Coloured shapes with captions naming some of them (glipjax/data/synthetic.py)."""
+  """Coloured shapes, every one boxed with its kind, and captions naming some of them (glipjax/data/synthetic.py)."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"2.0.0": "every object boxed with its kind (labels 1..15); phrase_labels; box_phrase -1 for "
+                            "objects the caption leaves out"}
   BUILDER_CONFIGS = [
       SyntheticGroundingConfig(name="default", description="128x128, 4000 train / 200 validation"),
       SyntheticGroundingConfig(name="tiny", description="for tests", image_size=(64, 64), num_train=32,
@@ -43,6 +45,8 @@ class SyntheticGrounding(tfds.core.GeneratorBasedBuilder):
             "image_id": np.int64,
             "caption": tfds.features.Text(),
             "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+            "labels": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+            "phrase_labels": tfds.features.Tensor(shape=(None,), dtype=np.int32),
             "box_phrase": tfds.features.Tensor(shape=(None,), dtype=np.int32),
             "phrase_spans": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
         }),
@@ -60,7 +64,8 @@ class SyntheticGrounding(tfds.core.GeneratorBasedBuilder):
       rng = np.random.default_rng([seed, i])  # per-example stream: order-independent and reproducible
       scene = synthetic.generate_scene(rng, c.image_size, max_objects=c.max_objects, relation_prob=c.relation_prob)
       yield i, {"image": scene["image"], "image_id": first_id + i, "caption": scene["caption"],
-                "boxes": scene["boxes"], "box_phrase": scene["box_phrase"], "phrase_spans": scene["phrase_spans"]}
+                "boxes": scene["boxes"], "labels": scene["labels"], "box_phrase": scene["box_phrase"],
+                "phrase_spans": scene["phrase_spans"], "phrase_labels": scene["phrase_labels"]}
 
 
 def prepare(data_dir: str | pathlib.Path, config_name: str = "default") -> SyntheticGrounding:

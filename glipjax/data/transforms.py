@@ -22,19 +22,20 @@ def normalize(image_rgb_uint8: np.ndarray) -> np.ndarray:
   return (image_rgb_uint8[..., ::-1].astype(np.float32) - PIXEL_MEAN_BGR) / PIXEL_STD_BGR
 
 
-def sanitize_boxes(boxes: np.ndarray, box_phrase: np.ndarray, hw: tuple[int, int], num_phrases: int):
-  """Clips boxes to the image and drops non-finite, degenerate or unphrased ones. Returns (boxes, phrase, dropped)."""
+def sanitize_boxes(boxes: np.ndarray, hw: tuple[int, int], *per_box: np.ndarray):
+  """Clips boxes to the image and drops non-finite or degenerate ones, with their entries of each `per_box`
+  array (labels, phrase indices). Returns (boxes, [per_box arrays], number dropped)."""
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-  box_phrase = np.asarray(box_phrase, np.int32).reshape(-1)
-  if len(boxes) != len(box_phrase):
-    raise BadExample(f"{len(boxes)} boxes but {len(box_phrase)} phrase indices")
+  per_box = [np.asarray(a).reshape(-1) for a in per_box]
+  for a in per_box:
+    if len(a) != len(boxes):
+      raise BadExample(f"{len(boxes)} boxes but {len(a)} per-box entries")
   finite = np.isfinite(boxes).all(1)
   boxes = np.where(finite[:, None], boxes, 0.0)
   boxes[:, 0::2] = boxes[:, 0::2].clip(0, hw[1] - 1)
   boxes[:, 1::2] = boxes[:, 1::2].clip(0, hw[0] - 1)
-  ok = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (box_phrase >= 0) & \
-      (box_phrase < num_phrases)
-  return boxes[ok], box_phrase[ok], int((~ok).sum())
+  ok = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+  return boxes[ok], [a[ok] for a in per_box], int((~ok).sum())
 
 
 def resize(image: np.ndarray, boxes: np.ndarray, short_side: int, max_size: int):
@@ -85,8 +86,9 @@ def pad_to(x: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
 
 def encode_example(image: np.ndarray, caption: str, boxes: np.ndarray, box_phrase: np.ndarray,
                    phrase_spans: np.ndarray, tokenizer: Tokenizer, *, canvas: tuple[int, int], max_boxes: int,
-                   max_phrases: int, max_query_len: int) -> dict[str, np.ndarray]:
-  """The static-shape training/eval example (already resized/flipped)."""
+                   max_phrases: int, max_query_len: int, allow_empty: bool = False) -> dict[str, np.ndarray]:
+  """The static-shape training/eval example (already resized/flipped). `allow_empty`: an example without any
+  box is kept (evaluation: a prompt may name nothing in the image)."""
   h, w = image.shape[:2]
   if h > canvas[0] or w > canvas[1]:
     raise BadExample(f"image {h}x{w} larger than the canvas {canvas}")
@@ -94,9 +96,11 @@ def encode_example(image: np.ndarray, caption: str, boxes: np.ndarray, box_phras
   phrase_spans = np.asarray(phrase_spans, np.int32).reshape(-1, 2)[:max_phrases]
   phrase_map = token_map_from_spans(tok.offsets, [[tuple(s)] for s in phrase_spans], max_query_len)
   live = phrase_map.sum(1) > 0  # phrases cut off by truncation lose their boxes
-  keep = (box_phrase < len(phrase_spans)) & live[np.minimum(box_phrase, len(live) - 1)]
-  boxes, box_phrase = boxes[keep][:max_boxes], box_phrase[keep][:max_boxes]
-  if len(boxes) == 0:
+  box_phrase = np.asarray(box_phrase, np.int32).reshape(-1)
+  keep = (box_phrase >= 0) & (box_phrase < len(phrase_spans))
+  keep[keep] = live[box_phrase[keep]]
+  boxes, box_phrase = np.asarray(boxes, np.float32).reshape(-1, 4)[keep][:max_boxes], box_phrase[keep][:max_boxes]
+  if len(boxes) == 0 and not allow_empty:
     raise BadExample("no box left after validation/truncation")
   canvas_img = np.zeros(canvas + (3,), np.float32)
   canvas_img[:h, :w] = normalize(image)

@@ -115,13 +115,16 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 def train_sentencepiece(sentences: Iterable[str], model_prefix: str | pathlib.Path, vocab_size: int) -> pathlib.Path:
-  """Trains a lower-casing unigram model with BERT-like special ids (0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP])."""
+  """Trains a lower-casing BPE model with BERT-like special ids (0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP]). BPE, not
+  the unigram default: on a small, repetitive corpus the unigram trainer prunes to a near-character vocabulary
+  ('yellow' -> y e l l o w, 33 pieces for a requested 128), which hides the words from a small text tower; BPE
+  keeps every frequent word whole."""
   import sentencepiece as spm
   model_prefix = pathlib.Path(model_prefix)
   model_prefix.parent.mkdir(parents=True, exist_ok=True)
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(list(sentences)), model_prefix=str(model_prefix), vocab_size=vocab_size,
-      hard_vocab_limit=False, normalization_rule_name="nmt_nfkc_cf", pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+      model_type="bpe", hard_vocab_limit=False, normalization_rule_name="nmt_nfkc_cf", pad_id=0, unk_id=1, bos_id=2, eos_id=3,
       pad_piece=SPECIALS[0], unk_piece=SPECIALS[1], bos_piece=SPECIALS[2], eos_piece=SPECIALS[3],
       num_threads=1, minloglevel=2, input_sentence_size=0, shuffle_input_sentence=False)
   return model_prefix.with_suffix(".model")

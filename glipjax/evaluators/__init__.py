@@ -1,0 +1,1 @@
+"""Evaluators: the dataset-wide predict loop (`common.py`) and one module per protocol family."""

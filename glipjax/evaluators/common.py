@@ -1,0 +1,119 @@
+"""What every evaluator shares: the jitted model + post-processing, the dataset-wide predict loop (correct on any
+number of processes), COCO AP with pycocotools, and pictures."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from typing import Iterator
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from glipjax import distributed, sharding, visualize
+from glipjax.data import pipeline
+from glipjax.ops.postprocess import postprocess
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+MODEL_INPUTS = ("image", "input_ids", "attention_mask", "phrase_map", "phrase_mask", "image_hw")
+
+
+def make_predict_fn(graphdef, anchors, level_counts, eval_cfg):
+  """jitted (params, rest, batch) -> detections (boxes in network-input pixels, 1-based phrase labels)."""
+  def predict(params, rest, batch):
+    model = nnx.merge(graphdef, params, rest)
+    out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+    return postprocess(out, anchors, level_counts, batch["phrase_map"], batch["phrase_mask"], batch["image_hw"],
+                       pre_nms_thresh=eval_cfg.pre_nms_thresh, pre_nms_top_n=eval_cfg.pre_nms_top_n,
+                       nms_thresh=eval_cfg.nms_thresh, detections_per_img=eval_cfg.detections_per_img)
+  return jax.jit(predict)
+
+
+def predict_split(predict, config, tokenizer, mesh, *, prompter, split: str = "validation") -> Iterator[tuple]:
+  """Runs `predict(batch) -> detections` over one pass of `split` with `prompter` (record -> Prompt) and yields
+  (image_id, detections) per image, on every process: boxes [K,4] xyxy in original-image pixels, scores [K],
+  category_ids [K] (each detection's phrase mapped through the prompt's `phrase_categories`). Detections and
+  the rows' identities are gathered together from the global arrays, so every process sees every image."""
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.batch_axes)
+  batch_size = config.eval.global_batch_size
+  data = pipeline.make_pipeline(config.data, split, tokenizer, global_batch_size=batch_size, train=False,
+                                seed=config.seed, max_query_len=config.model.max_query_len, prompter=prompter,
+                                rows=distributed.process_rows(batch_sharding, batch_size))
+  for local in data:
+    meta = {k: local[k] for k in ("valid", "image_id", "orig_hw", "image_hw", "phrase_categories")}
+    dets = predict(sharding.global_batch({k: local[k] for k in MODEL_INPUTS}, batch_sharding))
+    both = (dets, sharding.global_batch(meta, batch_sharding))
+    dets, meta = jax.tree.map(np.asarray, multihost_utils.process_allgather(both, tiled=True)
+                              if jax.process_count() > 1 else both)
+    for i in np.nonzero(meta["valid"])[0]:
+      ok = dets["valid"][i]
+      sy, sx = meta["orig_hw"][i] / meta["image_hw"][i]
+      labels = dets["labels"][i][ok]
+      yield int(meta["image_id"][i]), dict(
+          boxes=dets["boxes"][i][ok] * np.array([sx, sy, sx, sy], np.float32), scores=dets["scores"][i][ok],
+          category_ids=meta["phrase_categories"][i][labels - 1])
+
+
+def merge_top(dets: list[dict], k: int) -> dict:
+  """Detections of one image from several prompt chunks: concatenated, best `k` by score (GLIP's merge)."""
+  merged = {key: np.concatenate([d[key] for d in dets]) for key in dets[0]}
+  order = np.argsort(-merged["scores"], kind="stable")[:k]
+  return {key: v[order] for key, v in merged.items()}
+
+
+def coco_results(image_id: int, det: dict) -> list[dict]:
+  """COCO results entries: xywh with GLIP's "+1" width convention, as maskrcnn_benchmark's evaluation writes."""
+  return [dict(image_id=image_id, category_id=int(c), score=float(s),
+               bbox=[float(b[0]), float(b[1]), float(b[2] - b[0] + 1), float(b[3] - b[1] + 1)])
+          for b, s, c in zip(det["boxes"], det["scores"], det["category_ids"])]
+
+
+def coco_ground_truth(images: list[dict], boxes_by_image: dict, category_ids) -> dict:
+  """A COCO ground-truth dict from xyxy (pixel-inclusive) boxes per image: {image_id: (boxes, category_ids)}."""
+  annotations = []
+  for image_id, (boxes, cats) in boxes_by_image.items():
+    for (x1, y1, x2, y2), c in zip(np.asarray(boxes).reshape(-1, 4), cats):
+      w, h = float(x2 - x1 + 1), float(y2 - y1 + 1)
+      annotations.append(dict(id=len(annotations) + 1, image_id=int(image_id), category_id=int(c), iscrowd=0,
+                              bbox=[float(x1), float(y1), w, h], area=w * h))
+  return dict(images=images, annotations=annotations, categories=[dict(id=int(c)) for c in category_ids])
+
+
+def coco_metrics(gt: dict, results: list[dict]) -> dict[str, float]:
+  """COCO bbox AP of `results` against the in-memory ground truth `gt` (pycocotools, quietly)."""
+  if not results or not gt["annotations"]:
+    return {k: 0.0 for k in METRIC_NAMES}
+  with contextlib.redirect_stdout(io.StringIO()) as log:
+    coco_gt = COCO()
+    coco_gt.dataset = gt
+    coco_gt.createIndex()
+    coco_dt = coco_gt.loadRes(results)
+    ev = COCOeval(coco_gt, coco_dt, "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+  logging.info("COCO eval:\n%s", log.getvalue())
+  return {k: float(max(v, 0.0)) for k, v in zip(METRIC_NAMES, ev.stats[:6])}
+
+
+def flatten(nested: dict, prefix: str = "") -> dict[str, float]:
+  """{'detection': {'AP': .., 'text_blind': {...}}} -> {'detection/AP': .., 'detection/text_blind/AP': ..}."""
+  out = {}
+  for k, v in nested.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def draw(image: np.ndarray, det: dict, names: dict, score_thresh: float):
+  """A picture of one image's detections above `score_thresh`, labelled by `names[category_id]`."""
+  keep = det["scores"] >= score_thresh
+  cats = det["category_ids"][keep]
+  return visualize.draw_detections(image, det["boxes"][keep], [names.get(int(c), str(c)) for c in cats],
+                                   det["scores"][keep], cats, scale=max(1, 384 // max(image.shape[:2])))
