@@ -76,7 +76,10 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(full_run, data_dir, t
 
 
 def test_loss_falls_when_fitting_one_batch(data_dir, tmp_path):
-  config = small_config(data_dir, **{"optim.warmup_steps": 1, "optim.learning_rate": 2e-3})
+  # Captions only: this checks the optimizer and loss plumbing, not whether 25 steps can learn to bind attributes
+  # (detection prompts with 14 negatives plateau at the objectness solution that early).
+  config = small_config(data_dir, **{"optim.warmup_steps": 1, "optim.learning_rate": 2e-3,
+                                     "data.detection_prompt_prob": 0.0})
   tokenizer = train.prepare_tokenizer(config, tmp_path)
   from glipjax import sharding
   from glipjax.data import pipeline
