@@ -29,7 +29,7 @@ def small_config(data_dir, **overrides):
           "data.sentencepiece_vocab_size": 64, "model.max_query_len": 48, "train.global_batch_size": 4,
           "train.num_steps": 6, "train.log_every": 1, "train.checkpoint_every": 3, "train.eval_every": 0,
           "optim.warmup_steps": 2, "eval.global_batch_size": 4, "eval.num_pictures": 2,
-          "checkpoint.async_save": False}
+          "checkpoint.async_save": False, "model.dyhead.fusion": True}  # the full GLIP-T(C) tower
   base.update(overrides)
   return config_utils.apply_overrides(tiny.get_config(), base)
 
