@@ -20,7 +20,7 @@ import numpy as np
 
 import glipjax  # noqa: F401  (flax config before any module is built)
 from benchmarks import op_profile
-from glipjax import config_utils, perf, sharding, train
+from glipjax import config_utils, perf, runtime, sharding, trainer
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -75,7 +75,7 @@ def synthetic_batch(config, batch_size: int, *, num_boxes: int = 4, seed: int = 
 
 
 class TrainStep:
-  """The trainer's setup (`train.build`) and jitted step (`train.make_train_step`) for `config`, lowered against
+  """The trainer's setup (`runtime.build`) and jitted step (`trainer.make_train_step`) for `config`, lowered against
   abstract sharded arguments: nothing is allocated until `run()`, which feeds `synthetic_batch`. Use inside
   `with step.context():`."""
 
@@ -84,7 +84,7 @@ class TrainStep:
     one = synthetic_batch(config, 1)
     self.batch_shapes = {k: (config.train.global_batch_size, *v.shape[1:]) for k, v in one.items()}
     self.batch_dtypes = {k: v.dtype for k, v in one.items()}
-    self.setup = train.build(config)
+    self.setup = runtime.build(config)
     self.batch_sharding = sharding.batch_sharding(self.setup.mesh, config.mesh.batch_axes)
     self.rng = jax.random.key(config.seed)
     self.jitted = None
@@ -105,7 +105,7 @@ class TrainStep:
 
   def lower_and_compile(self) -> dict[str, float]:
     """Lowers and compiles the step; returns the wall and process CPU seconds of each."""
-    self.jitted = train.make_train_step(self.setup)
+    self.jitted = trainer.make_train_step(self.setup)
     args = self.abstract_args()  # tracing `init` for the argument shapes is not part of lowering the step
     t0, c0 = time.perf_counter(), time.process_time()
     self.lowered = self.jitted.lower(*args)

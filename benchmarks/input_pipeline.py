@@ -18,7 +18,7 @@ import pathlib
 import time
 
 from benchmarks import common
-from glipjax import train
+from glipjax import runtime
 from glipjax.data import pipeline, synthetic_grounding
 
 WORKDIR = pathlib.Path("runs/benchmarks/input_pipeline")
@@ -45,7 +45,7 @@ def pipeline_rate(config, num_batches: int) -> dict:
   """Examples/s of the training iterator after its first batch (start-up excluded)."""
   if config.data.name == "synthetic_grounding":
     synthetic_grounding.prepare(config.data.data_dir, config.data.builder_config)
-  tokenizer = train.prepare_tokenizer(config, WORKDIR)
+  tokenizer = runtime.prepare_tokenizer(config, WORKDIR)
   batch_size = config.train.global_batch_size
   it = pipeline.make_pipeline(config.data, "train", tokenizer, global_batch_size=batch_size, train=True,
                               seed=config.seed, max_query_len=config.model.max_query_len)

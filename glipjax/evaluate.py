@@ -25,14 +25,14 @@ def evaluate(config, graphdef, params, rest, tokenizer, anchors, level_counts, *
 
 def main(argv):
   del argv
-  from glipjax import config_utils, distributed, train
+  from glipjax import checkpoints, config_utils, distributed, runtime
   distributed.initialize_from_flags()  # before any device use
   workdir = pathlib.Path(flags.FLAGS.workdir)
   config = config_utils.load_workdir_config(workdir)
-  s = train.build(config)
-  tokenizer = train.prepare_tokenizer(config, workdir)
+  s = runtime.build(config)
+  tokenizer = runtime.prepare_tokenizer(config, workdir)
   with jax.set_mesh(s.mesh):
-    step, params, rest = train.restore_for_inference(s, workdir)
+    step, params, rest = checkpoints.restore_for_inference(s, workdir)
     metrics = evaluate(config, s.graphdef, params, rest, tokenizer, s.anchors, s.level_counts, mesh=s.mesh,
                        workdir=workdir)
   print(json.dumps(dict(metrics, step=int(step)), indent=2))

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 import glipjax  # noqa: F401
-from glipjax import config_utils, sharding, train, visualize
+from glipjax import checkpoints, config_utils, runtime, sharding, visualize
 from glipjax.evaluators import common
 from glipjax.data import transforms
 from glipjax.ops.postprocess import to_coco_results
@@ -49,8 +49,8 @@ def predict(workdir: str | pathlib.Path, image: np.ndarray, prompt: str, *, scor
   workdir = pathlib.Path(workdir)
   config = config_utils.load_workdir_config(workdir)
   text, phrases, spans = split_prompt(prompt)
-  s = train.build(config)
-  tokenizer = train.prepare_tokenizer(config, workdir)
+  s = runtime.build(config)
+  tokenizer = runtime.prepare_tokenizer(config, workdir)
   c = config.data
   # Any size works: the long side is capped at min(max_size, canvas) and the rest padded.
   resized, _ = transforms.resize(image, np.zeros((0, 4), np.float32), c.eval_short_side,
@@ -68,7 +68,7 @@ def predict(workdir: str | pathlib.Path, image: np.ndarray, prompt: str, *, scor
                phrase_map=phrase_map[None], phrase_mask=(phrase_map.sum(-1) > 0)[None],
                image_hw=np.array([[h, w]], np.int32))
   with jax.set_mesh(s.mesh):
-    _, params, rest = train.restore_for_inference(s, workdir)
+    _, params, rest = checkpoints.restore_for_inference(s, workdir)
     fn = common.make_predict_fn(s.graphdef, s.anchors, s.level_counts, config.eval)
     dets = jax.tree.map(np.asarray, fn(params, rest, sharding.global_batch(batch, sharding.replicated(s.mesh))))
   scales = np.array([[image.shape[0] / h, image.shape[1] / w]])

@@ -16,7 +16,7 @@ import time
 
 import glipjax  # noqa: F401
 from configs import tiny
-from glipjax import config_utils, train
+from glipjax import config_utils, trainer
 
 
 def _value(text: str):
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
   config = config_utils.apply_overrides(tiny.get_config(), overrides)
   t0 = time.time()
   print(f"glipjax quickstart: tiny GLIP on the synthetic grounding dataset -> {args.workdir}", flush=True)
-  final = train.train_and_evaluate(config, args.workdir)
+  final = trainer.train_and_evaluate(config, args.workdir)
   print(report(final))
   print(f"done in {time.time() - t0:.0f} s: metrics in {args.workdir}/final_metrics.json, pictures in "
         f"{args.workdir}/pictures/, TensorBoard: tensorboard --logdir {args.workdir}")

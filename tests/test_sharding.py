@@ -165,16 +165,16 @@ def flat(tree) -> dict:
 def run_steps(shape, num_steps=2):
   """Init + `num_steps` train steps on `shape`; returns (metrics per step, init params, final state as numpy,
   a report of how the state is sharded)."""
-  from glipjax import train
+  from glipjax import runtime, trainer
   config = small_config(shape)
-  setup = train.build(config)
+  setup = runtime.build(config)
   with jax.set_mesh(setup.mesh), sharding.activation_rules(config.mesh.rules):
     batch_sharding = sharding.batch_sharding(setup.mesh, config.mesh.batch_axes)
     batch = sharding.global_batch(synthetic_batch(config), batch_sharding)
     state, rest = setup.init()
     init_params = {k: np.asarray(v) for k, v in flat(state["params"]).items()}
     layout = {"init": sharding_mismatches(state, setup.state_shardings)}
-    step = train.make_train_step(setup)
+    step = trainer.make_train_step(setup)
     metrics = []
     for _ in range(num_steps):
       state, m = step(state, rest, batch, jax.random.key(0))
@@ -201,10 +201,10 @@ def sharding_mismatches(state, shardings) -> list[str]:
 
 def state_bytes_fraction(config_module, shape, arg=None) -> float:
   """Per-device / replicated bytes of parameters + optimizer state, from shapes and shardings only."""
-  from glipjax import train
+  from glipjax import runtime, trainer
   config = config_module.get_config(arg) if arg else config_module.get_config()
   config = config_utils.apply_overrides(config, {"mesh.shape": shape})
-  setup = train.build(config)
+  setup = runtime.build(config)
   per_device = total = 0
   for a, s in zip(jax.tree.leaves(setup.abstract_state), jax.tree.leaves(setup.state_shardings)):
     per_device += math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize

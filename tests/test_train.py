@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from glipjax import config_utils, predict, train
+from glipjax import checkpoints, config_utils, hooks, predict, runtime, trainer
 from glipjax.data import synthetic_grounding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def losses(workdir):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp("run_a")
-  final = train.train_and_evaluate(small_config(data_dir), workdir, progress=False)
+  final = trainer.train_and_evaluate(small_config(data_dir), workdir, progress=False)
   return workdir, final
 
 
@@ -57,7 +57,7 @@ def test_resume_after_interruption_is_exact(full_run, data_dir, tmp_path):
   rows = (workdir / "metrics.jsonl").read_text().splitlines()
   (workdir / "metrics.jsonl").write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= 3))
   assert sorted(losses(workdir)) == [1, 2, 3]
-  train.train_and_evaluate(small_config(data_dir), workdir, progress=False)
+  trainer.train_and_evaluate(small_config(data_dir), workdir, progress=False)
   a, b = losses(workdir_a), losses(workdir)
   assert sorted(b) == [1, 2, 3, 4, 5, 6]
   assert [a[s] for s in range(1, 7)] == [b[s] for s in range(1, 7)]  # bitwise equal on CPU
@@ -70,8 +70,8 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(full_run, data_dir, t
     if f.is_file():
       f.write_bytes(b"garbage")
   config = small_config(data_dir)
-  setup = train.build(config)
-  step, state = train.restore_latest(train.checkpoint_manager(workdir, config), setup)
+  setup = runtime.build(config)
+  step, state = checkpoints.restore_latest(checkpoints.checkpoint_manager(workdir, config), setup)
   assert step == 3 and int(state["step"]) == 3
 
 
@@ -80,17 +80,17 @@ def test_loss_falls_when_fitting_one_batch(data_dir, tmp_path):
   # (detection prompts with 14 negatives plateau at the objectness solution that early).
   config = small_config(data_dir, **{"optim.warmup_steps": 1, "optim.learning_rate": 2e-3,
                                      "data.detection_prompt_prob": 0.0})
-  tokenizer = train.prepare_tokenizer(config, tmp_path)
+  tokenizer = runtime.prepare_tokenizer(config, tmp_path)
   from glipjax import sharding
   from glipjax.data import pipeline
   import jax
-  setup = train.build(config)
+  setup = runtime.build(config)
   batch = next(pipeline.make_pipeline(config.data, "train", tokenizer, global_batch_size=4, train=True, seed=0,
                                       max_query_len=config.model.max_query_len))
   with jax.set_mesh(setup.mesh):
     batch = sharding.global_batch(batch, sharding.batch_sharding(setup.mesh, config.mesh.batch_axes))
     state, rest = setup.init()
-    step = train.make_train_step(setup)
+    step = trainer.make_train_step(setup)
     history = []
     for _ in range(25):
       state, metrics = step(state, rest, batch, jax.random.key(0))
@@ -104,13 +104,13 @@ def test_evaluate_writes_metrics_pictures_and_predict_works(full_run, data_dir, 
   # The full run did not evaluate (eval_every=0); evaluate its last checkpoint the way the CLI does.
   config = config_utils.load_workdir_config(workdir)
   config = config_utils.apply_overrides(config, {"train.eval_every": 6})
-  setup = train.build(config)
+  setup = runtime.build(config)
   import jax
   from glipjax import evaluate
   with jax.set_mesh(setup.mesh):
-    _, params, rest = train.restore_for_inference(setup, workdir)
+    _, params, rest = checkpoints.restore_for_inference(setup, workdir)
     metrics = evaluate.evaluate(config, setup.graphdef, params, rest,
-                                train.prepare_tokenizer(config, workdir), setup.anchors, setup.level_counts,
+                                runtime.prepare_tokenizer(config, workdir), setup.anchors, setup.level_counts,
                                 mesh=setup.mesh, workdir=workdir)
   from glipjax.evaluators import common
   flat = common.flatten(metrics)
@@ -153,16 +153,16 @@ def test_grad_accumulation_equals_one_step_on_the_whole_batch(data_dir, tmp_path
   no_dropout = {"model.language.hidden_dropout": 0.0, "model.language.attention_dropout": 0.0,
                 "model.dyhead.fusion_dropout": 0.0}
   config = small_config(data_dir, **no_dropout, **{"train.global_batch_size": 2})
-  tokenizer = train.prepare_tokenizer(config, tmp_path)
+  tokenizer = runtime.prepare_tokenizer(config, tmp_path)
   local = next(pipeline.make_pipeline(config.data, "train", tokenizer, global_batch_size=2, train=True, seed=0,
                                       max_query_len=config.model.max_query_len))
   results = []
   for accum, batch in ((1, local), (2, {k: np.repeat(v, 2, axis=0) for k, v in local.items()})):
     cfg = config_utils.apply_overrides(config, {"train.global_batch_size": 2 * accum, "train.grad_accum_steps": accum})
-    setup = train.build(cfg)
+    setup = runtime.build(cfg)
     with jax.set_mesh(setup.mesh):
       state, rest = setup.init()
-      state, metrics = train.make_train_step(setup)(
+      state, metrics = trainer.make_train_step(setup)(
           state, rest, sharding.global_batch(batch, sharding.batch_sharding(setup.mesh, cfg.mesh.batch_axes)),
           jax.random.key(0))
       results.append((float(metrics["loss"]), jax.tree.map(np.asarray, state["params"])))
@@ -170,14 +170,14 @@ def test_grad_accumulation_equals_one_step_on_the_whole_batch(data_dir, tmp_path
   np.testing.assert_allclose(loss_2, loss_1, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params_1, params_2)
   with pytest.raises(ValueError, match="grad_accum_steps"):
-    train.build(config_utils.apply_overrides(config, {"train.grad_accum_steps": 3}))
+    runtime.build(config_utils.apply_overrides(config, {"train.grad_accum_steps": 3}))
 
 
 def test_non_finite_metrics_stop_the_run_naming_step_and_cause():
   import jax.numpy as jnp
-  assert train.check_finite(7, {"loss": jnp.float32(1.5)}) == {"loss": 1.5}
+  assert hooks.check_finite(7, {"loss": jnp.float32(1.5)}) == {"loss": 1.5}
   with pytest.raises(FloatingPointError, match=r"non-finite grad_norm, loss_reg at step 7"):
-    train.check_finite(7, {"loss_reg": jnp.float32(np.nan), "grad_norm": jnp.float32(np.inf), "loss": 1.0})
+    hooks.check_finite(7, {"loss_reg": jnp.float32(np.nan), "grad_norm": jnp.float32(np.inf), "loss": 1.0})
 
 
 def test_sigterm_saves_and_exits_cleanly_and_profiles_on_demand(data_dir, tmp_path):

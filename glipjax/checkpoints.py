@@ -1,0 +1,80 @@
+"""Checkpoint I/O: the train state and the data-iterator state under <workdir>/checkpoints (Orbax, async), the best
+parameters under <workdir>/best, and restoring the newest intact checkpoint (a corrupt one falls back to the one
+before it) for resuming or for inference."""
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from glipjax.evaluators import common as eval_common
+from glipjax.runtime import Setup
+
+
+def checkpoint_manager(workdir: pathlib.Path, cfg) -> ocp.CheckpointManager:
+  directory = (workdir / "checkpoints").absolute()
+  for partial in sorted(directory.glob(f"*{ocp.utils.TMP_DIR_SUFFIX}*")):
+    logging.warning("ignoring the half-written checkpoint %s (a save that was interrupted, or is still running); "
+                    "resuming from the newest finalized one", partial)
+  options = ocp.CheckpointManagerOptions(max_to_keep=cfg.checkpoint.max_to_keep,
+                                         enable_async_checkpointing=cfg.checkpoint.async_save)
+  return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+
+
+def _data_restore_args(mngr: ocp.CheckpointManager, step: int, data_iter) -> dict:
+  """The Composite item that restores `data_iter`: grain's per-process state when this checkpoint was written by
+  as many processes as are running now; otherwise none (the caller positions the iterator from the step)."""
+  saved = sorted((pathlib.Path(mngr.directory) / str(step) / "data").glob("process_*-of-*.json"))
+  if not saved:
+    raise FileNotFoundError(f"checkpoint {step} holds no data-iterator state")
+  if any(p.name == f"process_{jax.process_index()}-of-{jax.process_count()}.json" for p in saved):
+    return dict(data=grain.checkpoint.CheckpointRestore(data_iter))
+  logging.warning("checkpoint %d was written by %s, this run has %d: positioning the data iterator at global "
+                  "batch %d from the step (global batches do not depend on the process count)", step,
+                  saved[0].stem.split("-of-")[1] + " process(es)", jax.process_count(), step)
+  return {}
+
+
+def restore_latest(mngr: ocp.CheckpointManager, s: Setup, data_iter=None):
+  """Restores the newest checkpoint that reads back intact; a corrupt one is reported and the previous one used."""
+  target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), s.abstract_state,
+                        s.state_shardings)
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      items = dict(state=ocp.args.StandardRestore(target))
+      if data_iter is not None:
+        items.update(_data_restore_args(mngr, step, data_iter))
+      state = mngr.restore(step, args=ocp.args.Composite(**items))["state"]
+      if data_iter is not None and "data" not in items:
+        data_iter.set_state(dict(data_iter.get_state(), next_index=step))
+      return step, state
+    except Exception as e:  # noqa: BLE001 - any failure to read a checkpoint means: fall back to an older one
+      logging.error("checkpoint at step %d is unreadable (%s: %s); trying the previous one", step,
+                    type(e).__name__, e)
+  return None, None
+
+
+def restore_for_inference(s: Setup, workdir: pathlib.Path):
+  """(step, params, rest) of the newest readable checkpoint: EMA params when the run keeps them. Call under
+  `jax.set_mesh(s.mesh)`."""
+  step, state = restore_latest(checkpoint_manager(workdir, s.config), s)
+  if state is None:
+    raise FileNotFoundError(f"no readable checkpoint under {workdir / 'checkpoints'}")
+  _, rest = s.init()
+  return step, state.get("ema", state["params"]), rest
+
+
+def best_checkpoint_manager(workdir: pathlib.Path, cfg) -> ocp.CheckpointManager | None:
+  """<workdir>/best: the parameters (EMA when kept) of the evaluation with the highest `checkpoint.best_metric`."""
+  metric = cfg.checkpoint.best_metric
+  if not metric:
+    return None
+  if metric.split("/")[-1] not in eval_common.METRIC_NAMES:
+    raise ValueError(f"checkpoint.best_metric {metric!r} is not an evaluation metric: a protocol and one of "
+                     f"{eval_common.METRIC_NAMES}, e.g. 'detection/AP'")
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m[metric], best_mode="max",
+                                         enable_async_checkpointing=cfg.checkpoint.async_save)
+  return ocp.CheckpointManager((workdir / "best").absolute(), options=options, item_names=("params",))

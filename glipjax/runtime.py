@@ -1,0 +1,79 @@
+"""What a run is made of, shared by training, evaluation, prediction and the benchmarks: the mesh, the model graph,
+the abstract train state and its shardings, the anchors, and the tokenizer.
+
+  setup = runtime.build(config)
+  tokenizer = runtime.prepare_tokenizer(config, workdir)
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from glipjax import sharding
+from glipjax.data import pipeline
+from glipjax.models.glip import GLIP
+from glipjax.ops import anchors as anchor_ops
+from glipjax.optim import make_optimizer
+from glipjax.text import tokenizers
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything static about a run: mesh, model graph, abstract state and its shardings, anchors."""
+  config: Any
+  mesh: Any
+  graphdef: Any
+  tx: optax.GradientTransformation
+  abstract_state: Any
+  state_shardings: Any
+  rest_shardings: Any
+  init: Any            # jitted () -> (state, rest)
+  anchors: np.ndarray
+  level_counts: tuple
+
+
+def prepare_tokenizer(config, workdir: pathlib.Path) -> tokenizers.Tokenizer:
+  d = config.data
+  if d.tokenizer == "sentencepiece" and d.sentencepiece_vocab_size > 0:
+    path = workdir / "tokenizer.model"
+    if not path.exists() and jax.process_index() == 0:
+      tokenizers.train_sentencepiece(pipeline.iter_captions(d, "train"), workdir / "tokenizer",
+                                     d.sentencepiece_vocab_size)
+    return tokenizers.SentencePieceTokenizer(path)
+  return tokenizers.build_tokenizer(d.tokenizer, d.tokenizer_path)
+
+
+def build(config) -> Setup:
+  accum = config.train.grad_accum_steps
+  if accum < 1 or config.train.global_batch_size % accum:
+    raise ValueError(f"train.grad_accum_steps={accum} must be >= 1 and divide train.global_batch_size="
+                     f"{config.train.global_batch_size}")
+  mesh = sharding.make_mesh(config.mesh)
+  rules = [tuple(r) for r in config.mesh.rules]
+  shapes = anchor_ops.level_shapes(tuple(config.data.canvas), config.model.anchors.strides)
+  anchors = anchor_ops.generate_anchors(shapes, config.model.anchors.strides, config.model.anchors.sizes)
+  new_model = lambda: GLIP(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+  abstract_model = nnx.eval_shape(new_model)
+  graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
+  tx = make_optimizer(config.optim, config.train.num_steps, abstract_params)
+
+  def init():
+    _, params, rest = nnx.split(new_model(), nnx.Param, ...)
+    state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    if config.optim.ema_decay > 0:
+      state["ema"] = params
+    return state, rest
+
+  abstract_state, abstract_rest = jax.eval_shape(init)
+  state_shardings = sharding.param_shardings(abstract_state, mesh, rules)
+  rest_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract_rest)
+  init_fn = jax.jit(init, out_shardings=(state_shardings, rest_shardings))
+  return Setup(config, mesh, graphdef, tx, abstract_state, state_shardings, rest_shardings, init_fn, anchors,
+               anchor_ops.level_counts(shapes))
