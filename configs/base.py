@@ -13,9 +13,11 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
   c.seed = 0
   c.model = model if model is not None else model_lib.glip_model("glip_t_c")
 
-  # Data (glipjax/data/pipeline.py): a TFDS dataset read through tfds.data_source + grain.
+  # Data (glipjax/data/pipeline.py): prepared TFDS datasets (python -m glipjax.data.prepare) under `data_dir`,
+  # mixed by weight: sources=(("o365", 1.0), ("goldg", 1.0)). "synthetic_grounding[/tiny]" is the embedded
+  # default, built on first use. `eval_source`: the dataset evaluated (its validation split); "" = the first.
   c.data = ml_collections.ConfigDict(dict(
-      name="synthetic_grounding", builder_config="default", data_dir="runs/tfds",
+      sources=(("synthetic_grounding", 1.0),), eval_source="", data_dir="runs/tfds",
       train_short_sides=(480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800), max_size=1333,
       eval_short_side=800, canvas=(1344, 1344), flip_prob=0.5, max_boxes=100, max_phrases=100, num_workers=0,
       tokenizer="wordpiece", tokenizer_path="",   # a vocab.txt (wordpiece) or a .model (sentencepiece)

@@ -24,6 +24,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # TODO(optim): SOLVER.WEIGHT_DECAY_SCHEDULE=True (weight decay x0.1 together with the lr steps) has no key.
   # TODO(optim): the yaml keeps MODEL.BACKBONE.FREEZE_CONV_BODY_AT=2, i.e. Swin patch_embed and stage 1 frozen
   # (1,222,876 parameters with cls_logits); needs a freeze key in optim.
-  # TODO(data): FourODs (O365 x2, OpenImages x1, VG x3, ImageNetBoxes x2) + GoldG ("mixed" x4, Flickr30k x8)
-  # + Cap24M, per the yaml's *_COPY factors; base reads a single dataset (`data.name`).
+  # The yaml's FourODs (O365 x2, OpenImages x1, VG x3, ImageNetBoxes x2) + GoldG ("mixed" x4, Flickr30k x8), as
+  # prepared datasets weighted by their *_COPY factors (times each copy's size to match GLIP's concatenation);
+  # Cap24M needs pseudo-labels first.
+  c.data.sources = (("o365", 2.0), ("openimages", 1.0), ("vg", 3.0), ("imagenet_boxes", 2.0), ("goldg", 4.0),
+                    ("flickr30k", 8.0))
+  c.data.eval_source = "coco"
   return c

@@ -13,7 +13,7 @@ def get_config():
   # README's "embedded task" section for the measured recipes). The tests train the fused tower.
   m.dyhead.fusion = False
   c = base.get_config(model=m)
-  c.data.update(builder_config="default", train_short_sides=(112, 120, 128), max_size=128, eval_short_side=128,
+  c.data.update(sources=(("synthetic_grounding", 1.0),), train_short_sides=(112, 120, 128), max_size=128, eval_short_side=128,
                 canvas=(128, 128), flip_prob=0.5, max_boxes=8, max_phrases=16, tokenizer="sentencepiece",
                 sentencepiece_vocab_size=128, detection_prompt_prob=0.5, max_negatives=14)
   c.optim.update(learning_rate=1e-3, language_lr_factor=1.0, weight_decay=1e-4, warmup_steps=100,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import glipjax  # noqa: F401
 from glipjax import checkpoints, config_utils, distributed, hooks, perf, runtime, sharding
-from glipjax.data import pipeline, synthetic_grounding
+from glipjax.data import pipeline, sources
 from glipjax.evaluators import common as eval_common, synthetic as synthetic_eval
 from glipjax.ops.losses import glip_loss
 
@@ -97,8 +97,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
     config_utils.save_config(config, workdir)
   t_start = time.time()
   if lead:  # the other processes wait, then read what process 0 wrote (a shared file system)
-    if config.data.name == "synthetic_grounding":
-      synthetic_grounding.prepare(config.data.data_dir, config.data.builder_config)
+    for name, _ in pipeline.source_weights(config.data):
+      sources.prepare_builtin(config.data.data_dir, name)
     runtime.prepare_tokenizer(config, workdir)
   distributed.barrier("glipjax: dataset and tokenizer prepared")
   tokenizer = runtime.prepare_tokenizer(config, workdir)

@@ -46,3 +46,34 @@ def compilation_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   yield
+
+
+@pytest.fixture(scope="session")
+def prepared_mixture(tmp_path_factory) -> pathlib.Path:
+  """A data_dir holding a prepared detection dataset `det` (COCO json: 3 non-contiguous categories, 6 images)
+  and a prepared grounding dataset `gnd` (MDETR json: 4 captions), written here in the real formats."""
+  import json
+
+  import numpy as np
+  from PIL import Image
+
+  from glipjax.data.prepare import prepare
+  root = tmp_path_factory.mktemp("mixture")
+  rng = np.random.default_rng(0)
+  (root / "im").mkdir()
+  for i in range(6):
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "im" / f"{i}.jpg")
+  cats = [dict(id=3, name="dog"), dict(id=7, name="traffic_light"), dict(id=9, name="cat")]
+  anns = [dict(id=10 * i + k, image_id=i, category_id=[3, 7, 9][(i + k) % 3], bbox=[4 + 8 * k, 6, 12, 14], iscrowd=0)
+          for i in range(6) for k in range(1 + i % 2)]
+  (root / "det.json").write_text(json.dumps(dict(images=[dict(id=i, file_name=f"{i}.jpg") for i in range(6)],
+                                                 annotations=anns, categories=cats)))
+  caps = ["a dog left of a cat", "two cats on a mat", "the traffic light", "a black dog"]
+  spans = [[[0, 5]], [[0, 8]], [[0, 17]], [[0, 11]]]
+  (root / "gnd.json").write_text(json.dumps(dict(
+      images=[dict(id=i, file_name=f"{i}.jpg", caption=c) for i, c in enumerate(caps)],
+      annotations=[dict(id=i, image_id=i, bbox=[2, 2, 20, 20], tokens_positive=s) for i, s in enumerate(spans)],
+      categories=[dict(id=1, name="object")])))
+  prepare("coco", str(root / "det.json"), str(root / "im"), "det", str(root / "tfds"))
+  prepare("mdetr", str(root / "gnd.json"), str(root / "im"), "gnd", str(root / "tfds"))
+  return root / "tfds"

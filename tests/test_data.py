@@ -3,7 +3,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from glipjax.data import pipeline, synthetic, synthetic_grounding, transforms
+from glipjax.data import pipeline, records, sources, synthetic, transforms
+from glipjax.data.sources import synthetic_grounding
 from glipjax.text.tokenizers import SentencePieceTokenizer, train_sentencepiece
 
 
@@ -49,9 +50,9 @@ def test_boxes_are_clipped_and_bad_ones_dropped():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
   root = tmp_path_factory.mktemp("tfds")
-  synthetic_grounding.prepare(root, "tiny")
+  synthetic_grounding.prepare(root, "synthetic_grounding/tiny")
   cfg = ml_collections.ConfigDict(dict(
-      name="synthetic_grounding", builder_config="tiny", data_dir=str(root), train_short_sides=(48, 64),
+      sources=(("synthetic_grounding/tiny", 1.0),), eval_source="", data_dir=str(root), train_short_sides=(48, 64),
       max_size=64, eval_short_side=64, canvas=(64, 64), flip_prob=0.5, max_boxes=6, max_phrases=4, num_workers=0,
       detection_prompt_prob=0.5, max_negatives=14))
   tok = SentencePieceTokenizer(train_sentencepiece(pipeline.iter_captions(cfg), root / "sp", 64))
@@ -60,10 +61,12 @@ def tiny_data(tmp_path_factory):
 
 def test_tfds_source_and_missing_dataset_message(tiny_data, tmp_path):
   cfg, _ = tiny_data
-  source = synthetic_grounding.data_source(cfg.data_dir, "validation", "tiny")
+  source = sources.open_dataset(cfg.data_dir, "synthetic_grounding/tiny", "validation").source
   assert len(source) == 8 and source[0]["image"].shape == (64, 64, 3)
   with pytest.raises(FileNotFoundError, match="prepare"):
-    synthetic_grounding.data_source(tmp_path, "train", "tiny")
+    sources.open_dataset(tmp_path, "synthetic_grounding/tiny", "train")
+  with pytest.raises(FileNotFoundError, match="glipjax.data.prepare --format FORMAT"):
+    sources.open_dataset(tmp_path, "coco", "train")
 
 
 def test_pipeline_batches_are_static_deterministic_and_resumable(tiny_data):
@@ -93,7 +96,7 @@ def test_eval_pipeline_covers_the_split_once_and_skips_corrupt_examples(tiny_dat
                                         max_query_len=64))
   ids = np.concatenate([b["image_id"][b["valid"]] for b in batches])
   assert len(ids) == len(set(ids)) == 8
-  real_decode = pipeline.decode
+  real_decode = records.decode
 
   def corrupt_first(record):
     ex = real_decode(record)
@@ -101,7 +104,7 @@ def test_eval_pipeline_covers_the_split_once_and_skips_corrupt_examples(tiny_dat
       ex["image"] = ex["image"][..., :2]  # a broken image
     return ex
 
-  monkeypatch.setattr(pipeline, "decode", corrupt_first)
+  monkeypatch.setattr(pipeline.records, "decode", corrupt_first)
   pipeline.SKIPPED.clear()
   batches = list(pipeline.make_pipeline(cfg, "validation", tok, global_batch_size=3, train=False, seed=0,
                                         max_query_len=64))

@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from glipjax.data import pipeline, prompting, synthetic, synthetic_grounding
+from glipjax.data import pipeline, prompting, synthetic
+from glipjax.data.sources import synthetic_grounding
 from glipjax.evaluators import common, synthetic as synthetic_eval
 from glipjax.text.tokenizers import SentencePieceTokenizer, train_sentencepiece
 
@@ -16,9 +17,9 @@ MAX_LEN, MAX_PHRASES = 64, 16
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
   root = tmp_path_factory.mktemp("tfds")
-  synthetic_grounding.prepare(root, "tiny")
+  synthetic_grounding.prepare(root, "synthetic_grounding/tiny")
   cfg = ml_collections.ConfigDict(dict(
-      name="synthetic_grounding", builder_config="tiny", data_dir=str(root), train_short_sides=(48, 64),
+      sources=(("synthetic_grounding/tiny", 1.0),), eval_source="", data_dir=str(root), train_short_sides=(48, 64),
       max_size=64, eval_short_side=64, canvas=(64, 64), flip_prob=0.5, max_boxes=6, max_phrases=MAX_PHRASES,
       num_workers=0, detection_prompt_prob=0.5, max_negatives=14))
   tok = SentencePieceTokenizer(train_sentencepiece(pipeline.iter_captions(cfg), root / "sp", 128))

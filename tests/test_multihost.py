@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from glipjax import distributed
-from glipjax.data import pipeline, synthetic_grounding
+from glipjax.data import pipeline
+from glipjax.data.sources import synthetic_grounding
 from glipjax.text.tokenizers import SentencePieceTokenizer, train_sentencepiece
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ NUM_STEPS = 4
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("tfds")
-  synthetic_grounding.prepare(root, "tiny")
+  synthetic_grounding.prepare(root, "synthetic_grounding/tiny")
   return root
 
 
@@ -37,7 +38,7 @@ def cache_dir(tmp_path_factory):
 def train_command(data_dir, workdir, **overrides) -> list[str]:
   # The tiny model cut to one layer per tower (compile time). warmup_steps=2: a run stopped at step 2 has seen
   # the learning rates of a longer run (they differ after warmup).
-  flags = {"data.builder_config": "tiny", "data.data_dir": str(data_dir), "data.canvas": "(64, 64)",
+  flags = {"data.sources": "(('synthetic_grounding/tiny', 1.0),)", "data.data_dir": str(data_dir), "data.canvas": "(64, 64)",
            "data.train_short_sides": "(56, 64)", "data.max_size": 64, "data.sentencepiece_vocab_size": 64,
            "model.max_query_len": 48, "train.global_batch_size": 8, "train.num_steps": NUM_STEPS,
            "train.log_every": 1, "train.checkpoint_every": 2, "train.eval_every": 0, "optim.warmup_steps": 2,
@@ -108,7 +109,7 @@ def test_global_batches_do_not_depend_on_the_process_count(data_dir, tmp_path):
     for key in whole_batch:
       np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole_batch[key])
   ids = np.concatenate([b["image_id"][b["valid"]] for b in evals[0]])
-  source, transform = pipeline.open_source(cfg, "validation"), pipeline._Transform(cfg, tok, 24, train=False)
+  source, transform = pipeline.eval_dataset(cfg).source, pipeline._Transform(cfg, tok, 24, train=False)
   decodable = [int(source[i]["image_id"]) for i in range(len(source)) if transform(source[i]) is not None]
   assert sorted(ids) == sorted(decodable) and len(decodable) > 4
 
@@ -116,7 +117,7 @@ def test_global_batches_do_not_depend_on_the_process_count(data_dir, tmp_path):
 def pipeline_config(data_dir):
   import ml_collections
   return ml_collections.ConfigDict(dict(
-      name="synthetic_grounding", builder_config="tiny", data_dir=str(data_dir), train_short_sides=(48, 64),
+      sources=(("synthetic_grounding/tiny", 1.0),), eval_source="", data_dir=str(data_dir), train_short_sides=(48, 64),
       max_size=64, eval_short_side=64, canvas=(64, 64), flip_prob=0.5, max_boxes=6, max_phrases=4, num_workers=0,
       detection_prompt_prob=0.5, max_negatives=14))
 

@@ -240,3 +240,59 @@ def test_prepare_command_prints_statistics_and_one_line_errors(coco_files, tmp_p
   missing = subprocess.run(cmd[:6] + [str(tmp_path / "nope.json")] + cmd[7:], capture_output=True, text=True,
                            timeout=300)
   assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def mixture(prepared_mixture, tmp_path_factory):
+  """The conftest's prepared `det` (COCO format) and `gnd` (MDETR format) datasets, mixed 3:1."""
+  import ml_collections
+  from glipjax.data import pipeline
+  from glipjax.text.tokenizers import SentencePieceTokenizer, train_sentencepiece
+  cfg = ml_collections.ConfigDict(dict(
+      sources=(("det", 3.0), ("gnd", 1.0)), eval_source="", data_dir=str(prepared_mixture), train_short_sides=(48,),
+      max_size=64, eval_short_side=48, canvas=(64, 64), flip_prob=0.5, max_boxes=4, max_phrases=6, num_workers=0,
+      detection_prompt_prob=0.5, max_negatives=2))
+  sp = train_sentencepiece(pipeline.iter_captions(cfg), tmp_path_factory.mktemp("sp") / "sp", 48)
+  return cfg, SentencePieceTokenizer(sp)
+
+
+def test_a_weighted_mixture_of_prepared_datasets_is_deterministic_and_resumable(mixture):
+  from glipjax.data import pipeline
+  cfg, tok = mixture
+  make = lambda: pipeline.make_pipeline(cfg, "train", tok, global_batch_size=8, train=True, seed=1, max_query_len=32)
+  it = make()
+  first = next(it)
+  assert first["image"].shape == (8, 64, 64, 3) and first["box_mask"].any(1).all()
+  # Weights 3:1: grain interleaves three detection examples, then one grounding example (rows 3 and 7), whose
+  # single box spans y 2..21 (the detection boxes span y 6..19).
+  for row in range(8):
+    ys = first["boxes"][row][first["box_mask"][row]][:, 1::2]
+    assert (ys.tolist() == [[2, 21]]) == (row in (3, 7)), (row, ys)
+  for i in range(8):  # every box's positive tokens are its phrase's
+    for g in np.nonzero(first["box_mask"][i])[0]:
+      np.testing.assert_array_equal(first["positive_map"][i, g], first["phrase_map"][i, first["box_labels"][i, g] - 1])
+  np.testing.assert_array_equal(next(make())["input_ids"], first["input_ids"])
+  state = it.get_state()
+  expected = next(it)
+  resumed = make()
+  resumed.set_state(state)
+  got = next(resumed)
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key])
+  # Two processes' rows of each global batch assemble the single-process batch.
+  halves = [next(pipeline.make_pipeline(cfg, "train", tok, global_batch_size=8, train=True, seed=1,
+                                        max_query_len=32, rows=rows)) for rows in ((0, 4), (4, 8))]
+  for key in first:
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), first[key])
+
+
+def test_mixture_config_errors_name_the_problem(mixture, tmp_path):
+  from glipjax.data import pipeline
+  cfg, tok = mixture
+  bad = cfg.copy_and_resolve_references()
+  bad.sources = (("det", 0.0),)
+  with pytest.raises(ValueError, match="positive weights"):
+    pipeline.make_pipeline(bad, "train", tok, global_batch_size=2, train=True, seed=0, max_query_len=32)
+  bad.sources = (("nope", 1.0),)
+  with pytest.raises(FileNotFoundError, match="dataset 'nope' split 'train' is not prepared"):
+    pipeline.make_pipeline(bad, "train", tok, global_batch_size=2, train=True, seed=0, max_query_len=32)

@@ -11,20 +11,20 @@ import pytest
 
 from configs import tiny
 from glipjax import checkpoints, config_utils, hooks, predict, runtime, trainer
-from glipjax.data import synthetic_grounding
+from glipjax.data.sources import synthetic_grounding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("tfds")
-  synthetic_grounding.prepare(root, "tiny")
-  return root
+def data_dir(prepared_mixture):
+  """The embedded tiny dataset beside the conftest's prepared COCO-format `det` and MDETR-format `gnd`."""
+  synthetic_grounding.prepare(prepared_mixture, "synthetic_grounding/tiny")
+  return prepared_mixture
 
 
 def small_config(data_dir, **overrides):
-  base = {"data.builder_config": "tiny", "data.data_dir": str(data_dir), "data.canvas": (64, 64),
+  base = {"data.sources": (("synthetic_grounding/tiny", 1.0),), "data.data_dir": str(data_dir), "data.canvas": (64, 64),
           "data.train_short_sides": (56, 64), "data.max_size": 64, "data.eval_short_side": 64,
           "data.sentencepiece_vocab_size": 64, "model.max_query_len": 48, "train.global_batch_size": 4,
           "train.num_steps": 6, "train.log_every": 1, "train.checkpoint_every": 3, "train.eval_every": 0,
@@ -32,6 +32,12 @@ def small_config(data_dir, **overrides):
           "checkpoint.async_save": False, "model.dyhead.fusion": True}  # the full GLIP-T(C) tower
   base.update(overrides)
   return config_utils.apply_overrides(tiny.get_config(), base)
+
+
+def mixture_config(data_dir):
+  """Training on a mixture of the embedded dataset and two prepared real-format datasets (detection and
+  grounding); evaluated on the first."""
+  return small_config(data_dir, **{"data.sources": (("synthetic_grounding/tiny", 2.0), ("det", 1.0), ("gnd", 1.0))})
 
 
 def losses(workdir):
@@ -42,7 +48,7 @@ def losses(workdir):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp("run_a")
-  final = trainer.train_and_evaluate(small_config(data_dir), workdir, progress=False)
+  final = trainer.train_and_evaluate(mixture_config(data_dir), workdir, progress=False)
   return workdir, final
 
 
@@ -57,7 +63,7 @@ def test_resume_after_interruption_is_exact(full_run, data_dir, tmp_path):
   rows = (workdir / "metrics.jsonl").read_text().splitlines()
   (workdir / "metrics.jsonl").write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= 3))
   assert sorted(losses(workdir)) == [1, 2, 3]
-  trainer.train_and_evaluate(small_config(data_dir), workdir, progress=False)
+  trainer.train_and_evaluate(mixture_config(data_dir), workdir, progress=False)
   a, b = losses(workdir_a), losses(workdir)
   assert sorted(b) == [1, 2, 3, 4, 5, 6]
   assert [a[s] for s in range(1, 7)] == [b[s] for s in range(1, 7)]  # bitwise equal on CPU
@@ -69,7 +75,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(full_run, data_dir, t
   for f in (workdir / "checkpoints" / "6").rglob("*"):
     if f.is_file():
       f.write_bytes(b"garbage")
-  config = small_config(data_dir)
+  config = mixture_config(data_dir)
   setup = runtime.build(config)
   step, state = checkpoints.restore_latest(checkpoints.checkpoint_manager(workdir, config), setup)
   assert step == 3 and int(state["step"]) == 3
@@ -184,7 +190,7 @@ def test_sigterm_saves_and_exits_cleanly_and_profiles_on_demand(data_dir, tmp_pa
   import signal
   import time
   workdir = tmp_path / "run"
-  overrides = {"data.builder_config": "tiny", "data.data_dir": str(data_dir), "data.canvas": "(64, 64)",
+  overrides = {"data.sources": "(('synthetic_grounding/tiny', 1.0),)", "data.data_dir": str(data_dir), "data.canvas": "(64, 64)",
                "data.train_short_sides": "(56, 64)", "data.max_size": 64, "data.sentencepiece_vocab_size": 64,
                "model.max_query_len": 48, "train.global_batch_size": 4, "train.num_steps": 100000,
                "train.log_every": 1, "train.checkpoint_every": 100000, "train.eval_every": 0,

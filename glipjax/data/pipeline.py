@@ -1,8 +1,9 @@
-"""The grain input pipeline: TFDS ArrayRecord source -> per-example numpy transforms -> static-shape batches.
+"""The grain input pipeline: prepared datasets (glipjax/data/sources) -> a weighted mixture -> per-example
+transforms -> static-shape batches.
 
-Data config keys (configs/base.py `data`): name ('synthetic_grounding'), builder_config, data_dir,
-train_short_sides (random choice per example), max_size, eval_short_side, canvas (static padded H, W; multiples
-of 32), flip_prob, max_boxes, max_phrases, num_workers (0 = in-process), shuffle_buffer-free global shuffling.
+Data config keys (configs/base.py `data`): sources ((name, weight), ...) read from data_dir, eval_source (the
+dataset evaluated; default the first source), train_short_sides (random choice per example), max_size,
+eval_short_side, canvas (static padded H, W; multiples of 32), flip_prob, max_boxes, max_phrases, num_workers.
 Each process decodes only its contiguous rows of every global batch, so the global batch at a step does not
 depend on the process count. The returned iterator is checkpointable (`get_state` / `set_state`) for exact resume.
 """
@@ -15,38 +16,35 @@ import grain
 import jax
 import numpy as np
 
-from glipjax.data import prompting, synthetic, synthetic_grounding, transforms
+from glipjax.data import prompting, records, sources, transforms
 from glipjax.text.tokenizers import Tokenizer
 
-SKIPPED: collections.Counter = collections.Counter()  # reasons examples were skipped, per process
+SKIPPED: collections.Counter = collections.Counter()  # reasons examples (or boxes) were skipped, per process
 
 
-def open_source(data_cfg, split: str):
-  if data_cfg.name != "synthetic_grounding":
-    raise ValueError(f"unknown dataset {data_cfg.name!r}; available: 'synthetic_grounding'")
-  return synthetic_grounding.data_source(data_cfg.data_dir, split, data_cfg.builder_config)
+def source_weights(data_cfg) -> list[tuple[str, float]]:
+  """`data.sources` checked: a non-empty sequence of (prepared dataset name, weight > 0)."""
+  try:
+    pairs = [(str(n), float(w)) for n, w in data_cfg.sources]
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"data.sources must be ((name, weight), ...), e.g. (('coco', 1.0),); got "
+                     f"{data_cfg.sources!r}") from e
+  if not pairs or any(w <= 0 for _, w in pairs):
+    raise ValueError(f"data.sources needs at least one dataset and positive weights; got {data_cfg.sources!r}")
+  return pairs
 
 
-def category_names(data_cfg) -> list[str]:
-  """The dataset's detection vocabulary in category-id order (id = index + 1)."""
-  if data_cfg.name != "synthetic_grounding":
-    raise ValueError(f"unknown dataset {data_cfg.name!r}; available: 'synthetic_grounding'")
-  return synthetic.category_names()
+def open_datasets(data_cfg, split: str = "train") -> list[sources.Dataset]:
+  return [sources.open_dataset(data_cfg.data_dir, name, split) for name, _ in source_weights(data_cfg)]
 
 
-def decode(record) -> dict:
-  """A stored record -> the canonical record: image, image_id, boxes [N,4] with category `labels` [N], and the
-  caption with its `phrase_spans` [P,2], `box_phrase` [N] (-1: box not in the caption), `phrase_labels` [P]."""
-  caption = record["caption"]
-  boxes = np.asarray(record["boxes"])
-  return dict(image=np.asarray(record["image"]), image_id=int(record["image_id"]),
-              caption=caption.decode("utf-8") if isinstance(caption, bytes) else str(caption),
-              boxes=boxes, labels=np.asarray(record["labels"]), box_phrase=np.asarray(record["box_phrase"]),
-              phrase_spans=np.asarray(record["phrase_spans"]), phrase_labels=np.asarray(record["phrase_labels"]))
+def eval_dataset(data_cfg, split: str = "validation") -> sources.Dataset:
+  return sources.open_dataset(data_cfg.data_dir, data_cfg.eval_source or source_weights(data_cfg)[0][0], split)
 
 
-def train_prompter(data_cfg, tokenizer: Tokenizer, max_query_len: int) -> prompting.TrainPrompter:
-  return prompting.TrainPrompter(category_names(data_cfg), detection_prob=data_cfg.detection_prompt_prob,
+def train_prompter(data_cfg, dataset: sources.Dataset, tokenizer: Tokenizer,
+                   max_query_len: int) -> prompting.TrainPrompter:
+  return prompting.TrainPrompter(dataset.category_names, detection_prob=data_cfg.detection_prompt_prob,
                                  max_negatives=data_cfg.max_negatives, tokenizer=tokenizer, max_len=max_query_len,
                                  max_phrases=data_cfg.max_phrases)
 
@@ -56,23 +54,26 @@ class _Transform:
   to skip (counted in SKIPPED). `prompter(record, rng)` (training) or `prompter(record)` (evaluation) turns the
   record into a `prompting.Prompt`; evaluation examples may have no box under their prompt, training ones not."""
 
-  def __init__(self, data_cfg, tokenizer: Tokenizer, max_query_len: int, train: bool, prompter=None):
+  def __init__(self, data_cfg, tokenizer: Tokenizer, max_query_len: int, train: bool, prompter=None,
+               source_name: str = ""):
     self.cfg, self.tok, self.max_query_len, self.train = data_cfg, tokenizer, max_query_len, train
-    self.prompter = prompter or (train_prompter(data_cfg, tokenizer, max_query_len) if train
-                                 else prompting.caption_prompt)
+    self.prompter = prompter or prompting.caption_prompt
+    self.source_name = source_name
 
   def __call__(self, record, rng: np.random.Generator | None = None):
     c = self.cfg
     try:
-      ex = decode(record)
+      ex = records.decode(record)
       image = ex["image"]
       if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
         raise transforms.BadExample(f"bad image shape {image.shape}")
-      boxes, (labels, box_phrase), dropped = transforms.sanitize_boxes(
-          ex["boxes"], image.shape[:2], ex["labels"], ex["box_phrase"])
+      if self.train:  # crowd regions are never positives; GLIP trains without them
+        ex = _without(ex, ex["iscrowd"])
+      boxes, (labels, box_phrase, iscrowd), dropped = transforms.sanitize_boxes(
+          ex["boxes"], image.shape[:2], ex["labels"], ex["box_phrase"], ex["iscrowd"])
       if dropped:
         SKIPPED["invalid boxes (dropped)"] += dropped
-      prompt = self.prompter(dict(ex, boxes=boxes, labels=labels, box_phrase=box_phrase),
+      prompt = self.prompter(dict(ex, boxes=boxes, labels=labels, box_phrase=box_phrase, iscrowd=iscrowd),
                              *((rng,) if self.train else ()))
       named = prompt.box_phrase >= 0
       boxes, phrase = boxes[named], prompt.box_phrase[named]
@@ -82,18 +83,29 @@ class _Transform:
       caption, spans = prompt.caption, prompt.spans
       if self.train and rng.random() < c.flip_prob:
         image, boxes, caption, spans = transforms.hflip(image, boxes, caption, spans)
-      out = transforms.encode_example(image, caption, boxes, phrase, spans, self.tok, canvas=tuple(c.canvas),
-                                      max_boxes=c.max_boxes, max_phrases=c.max_phrases,
-                                      max_query_len=self.max_query_len, allow_empty=not self.train)
+      span_phrase = np.arange(len(spans)) if prompt.span_phrase is None else prompt.span_phrase
+      out = transforms.encode_example(image, caption, boxes, phrase, records.phrase_span_lists(spans, span_phrase),
+                                      self.tok, canvas=tuple(c.canvas), max_boxes=c.max_boxes,
+                                      max_phrases=c.max_phrases, max_query_len=self.max_query_len,
+                                      allow_empty=not self.train, dropped=SKIPPED)
     except (transforms.BadExample, ValueError, KeyError, OSError) as e:
       SKIPPED[type(e).__name__] += 1
-      logging.warning("skipping example %s: %s", _record_id(record), e)
+      logging.warning("skipping example %s%s: %s", _record_id(record),
+                      f" of {self.source_name}" if self.source_name else "", e)
       return None
     out["image_id"] = np.int32(ex["image_id"])
     out["orig_hw"] = orig_hw
     if not self.train:  # what each phrase stands for, to score detections by category
       out["phrase_categories"] = transforms.pad_to(prompt.phrase_categories[:c.max_phrases], c.max_phrases)
     return out
+
+
+def _without(ex: dict, drop: np.ndarray) -> dict:
+  if not drop.any():
+    return ex
+  keep = ~drop
+  return dict(ex, boxes=ex["boxes"][keep], labels=ex["labels"][keep], box_phrase=ex["box_phrase"][keep],
+              iscrowd=ex["iscrowd"][keep])
 
 
 def _record_id(record) -> str:
@@ -155,13 +167,24 @@ def make_pipeline(data_cfg, split: str, tokenizer: Tokenizer, *, global_batch_si
   and its state is {"next_index": batches consumed}, so a checkpoint fits any process count. `prompter`: see
   `_Transform` (default: the config's training mixture, or the record's caption for evaluation)."""
   rows = rows or default_rows(global_batch_size, shard_by_process)
-  source = grain.MapDataset.source(open_source(data_cfg, split))
-  transform = _Transform(data_cfg, tokenizer, max_query_len, train, prompter)
   if train:
-    examples = source.shuffle(seed=seed).repeat().random_map(lambda r, rng: transform(r, rng), seed=seed)
+    parts, weights = [], []
+    for i, (dataset, (_, weight)) in enumerate(zip(open_datasets(data_cfg, split), source_weights(data_cfg))):
+      if dataset.kind == "captions":
+        raise ValueError(f"dataset {dataset.name!r} holds captions without boxes: pseudo-label it first")
+      transform = _Transform(data_cfg, tokenizer, max_query_len, True,
+                             prompter or train_prompter(data_cfg, dataset, tokenizer, max_query_len), dataset.name)
+      # Each source shuffled (every epoch anew) and repeated on its own, then interleaved deterministically by
+      # weight: element n of the mixture is the same on any process count, and random access stays O(1).
+      parts.append(grain.MapDataset.source(dataset.source).shuffle(seed=seed + i).repeat()
+                   .random_map(transform, seed=seed + i))
+      weights.append(weight)
+    examples = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
     num_batches = len(examples) // global_batch_size
   else:
-    examples = source.map(lambda r: transform(r))
+    dataset = eval_dataset(data_cfg, split)
+    transform = _Transform(data_cfg, tokenizer, max_query_len, False, prompter, dataset.name)
+    examples = grain.MapDataset.source(dataset.source).map(transform)
     num_batches = -(-len(examples) // global_batch_size)
   local = _LocalBatches(examples, global_batch_size, rows, len(examples), with_valid=not train)
   batches = grain.MapDataset.range(num_batches).map(local)
@@ -170,9 +193,9 @@ def make_pipeline(data_cfg, split: str, tokenizer: Tokenizer, *, global_batch_si
 
 
 def iter_captions(data_cfg, split: str = "train"):
-  """Every text the model will read, for training a tokenizer: the category names, then the captions."""
-  yield from category_names(data_cfg)
-  source = open_source(data_cfg, split)
-  for i in range(len(source)):
-    cap = source[i]["caption"]
-    yield cap.decode("utf-8") if isinstance(cap, bytes) else str(cap)
+  """Every text the model will read, for training a tokenizer: each source's category names, then its captions."""
+  for dataset in open_datasets(data_cfg, split):
+    yield from dataset.category_names
+    for i in range(len(dataset.source)):
+      cap = dataset.source[i]["caption"]
+      yield cap.decode("utf-8") if isinstance(cap, bytes) else str(cap)

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from glipjax.data import records
 from glipjax.text import prompts
 from glipjax.text.tokenizers import Tokenizer
 
@@ -23,16 +24,23 @@ class Prompt:
   not in this prompt), `phrase_categories` [P] the category id each phrase stands for (evaluation maps a
   detection's phrase to it)."""
   caption: str
-  spans: np.ndarray          # [P, 2] character spans of the phrases
+  spans: np.ndarray          # [S, 2] character spans of the phrases
   box_phrase: np.ndarray     # [N] int32
   phrase_categories: np.ndarray  # [P] int32
+  span_phrase: np.ndarray | None = None  # [S] the phrase of each span (None: one span per phrase)
+
+  def phrase_spans(self) -> list[list[tuple[int, int]]]:
+    span_phrase = np.arange(len(self.spans)) if self.span_phrase is None else self.span_phrase
+    return records.phrase_span_lists(self.spans, span_phrase)
 
 
 def caption_prompt(record: dict) -> Prompt:
   """The record's own caption; phrase i stands for category i + 1 (grounding is scored per phrase)."""
   spans = np.asarray(record["phrase_spans"], np.int32).reshape(-1, 2)
+  span_phrase = np.asarray(record.get("span_phrase", np.arange(len(spans))), np.int32).reshape(-1)
+  num_phrases = int(span_phrase.max()) + 1 if len(span_phrase) else 0
   return Prompt(record["caption"], spans, np.asarray(record["box_phrase"], np.int32),
-                np.arange(1, len(spans) + 1, dtype=np.int32))
+                np.arange(1, num_phrases + 1, dtype=np.int32), span_phrase)
 
 
 def category_prompt(labels: np.ndarray, category_ids: Sequence[int], names: Sequence[str]) -> Prompt:

@@ -1,6 +1,7 @@
 """Per-example numpy preprocessing: validation, resize, flip, normalisation, padding, tokens and positive maps."""
 from __future__ import annotations
 
+import collections
 import re
 
 import numpy as np
@@ -85,20 +86,27 @@ def pad_to(x: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
 
 
 def encode_example(image: np.ndarray, caption: str, boxes: np.ndarray, box_phrase: np.ndarray,
-                   phrase_spans: np.ndarray, tokenizer: Tokenizer, *, canvas: tuple[int, int], max_boxes: int,
-                   max_phrases: int, max_query_len: int, allow_empty: bool = False) -> dict[str, np.ndarray]:
-  """The static-shape training/eval example (already resized/flipped). `allow_empty`: an example without any
-  box is kept (evaluation: a prompt may name nothing in the image)."""
+                   phrase_spans: list[list[tuple[int, int]]], tokenizer: Tokenizer, *, canvas: tuple[int, int],
+                   max_boxes: int, max_phrases: int, max_query_len: int, allow_empty: bool = False,
+                   dropped: collections.Counter | None = None) -> dict[str, np.ndarray]:
+  """The static-shape training/eval example (already resized/flipped). `phrase_spans`: each phrase's character
+  spans. Boxes whose phrase is cut off by the query length or by `max_phrases`, and boxes beyond `max_boxes`,
+  are dropped and counted in `dropped`. `allow_empty`: an example without any box is kept (evaluation: a prompt
+  may name nothing in the image)."""
   h, w = image.shape[:2]
   if h > canvas[0] or w > canvas[1]:
     raise BadExample(f"image {h}x{w} larger than the canvas {canvas}")
   tok = tokenizer.encode(caption, max_query_len)
-  phrase_spans = np.asarray(phrase_spans, np.int32).reshape(-1, 2)[:max_phrases]
-  phrase_map = token_map_from_spans(tok.offsets, [[tuple(s)] for s in phrase_spans], max_query_len)
+  phrase_spans = list(phrase_spans)[:max_phrases]
+  phrase_map = token_map_from_spans(tok.offsets, phrase_spans, max_query_len)
   live = phrase_map.sum(1) > 0  # phrases cut off by truncation lose their boxes
   box_phrase = np.asarray(box_phrase, np.int32).reshape(-1)
-  keep = (box_phrase >= 0) & (box_phrase < len(phrase_spans))
+  named = box_phrase >= 0
+  keep = named & (box_phrase < len(phrase_spans))
   keep[keep] = live[box_phrase[keep]]
+  if dropped is not None:
+    dropped["boxes dropped: phrase beyond the query length or max_phrases"] += int((named & ~keep).sum())
+    dropped["boxes dropped: beyond max_boxes"] += max(0, int(keep.sum()) - max_boxes)
   boxes, box_phrase = np.asarray(boxes, np.float32).reshape(-1, 4)[keep][:max_boxes], box_phrase[keep][:max_boxes]
   if len(boxes) == 0 and not allow_empty:
     raise BadExample("no box left after validation/truncation")

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from glipjax.data import pipeline, prompting, synthetic, transforms
+from glipjax.data import pipeline, prompting, records as data_records, synthetic, transforms
 from glipjax.evaluators import common
 
 PROTOCOLS = ("detection", "detection_text_blind", "grounding", "grounding_colour_swapped", "grounding_absent_kinds")
@@ -67,10 +67,10 @@ def protocols(tokenizer, max_query_len: int, max_phrases: int) -> dict[str, Prot
 
 def load_records(data_cfg, split: str = "validation") -> dict[int, dict]:
   """Canonical records by image id, boxes validated as the pipeline validates them: the ground truth."""
-  source = pipeline.open_source(data_cfg, split)
+  source = pipeline.eval_dataset(data_cfg, split).source
   records = {}
   for i in range(len(source)):
-    r = pipeline.decode(source[i])
+    r = data_records.decode(source[i])
     r["boxes"], (r["labels"], r["box_phrase"]), _ = transforms.sanitize_boxes(
         r["boxes"], r["image"].shape[:2], r["labels"], r["box_phrase"])
     records[r["image_id"]] = r

@@ -178,6 +178,13 @@ def _kind(fmt: str) -> str:
   return {"coco": "detection", "lvis": "detection", "odvg": "grounding", "mdetr": "grounding"}.get(fmt, fmt)
 
 
+def prepare_builtin(data_dir: str | pathlib.Path, name: str) -> None:
+  """Builds the embedded default on first use; prepared datasets need nothing (they are checked when opened)."""
+  if name.split("/")[0] == BUILTIN:
+    from glipjax.data.sources import synthetic_grounding
+    synthetic_grounding.prepare(data_dir, name)
+
+
 def open_dataset(data_dir: str | pathlib.Path, name: str, split: str) -> Dataset:
   """A prepared split (or the embedded default, `synthetic_grounding[/config]`), for random access."""
   if name.split("/")[0] == BUILTIN:
