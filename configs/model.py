@@ -19,7 +19,7 @@ def bert_base():
   return ml_collections.ConfigDict(dict(
       vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
       max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12, hidden_dropout=0.1,
-      attention_dropout=0.1, pad_token_id=0))
+      attention_dropout=0.1, pad_token_id=0, word_embedding_init_std=0.02))
 
 
 def glip_model(variant: str = "glip_t_c") -> ml_collections.ConfigDict:

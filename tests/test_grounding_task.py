@@ -140,3 +140,11 @@ def test_the_evaluation_fails_a_detector_that_ignores_the_text(data):
   # caption rewrites leave its grounding AP unchanged.
   assert blind["detection"] < 0.5 * reader["detection"], blind
   assert blind["grounding_colour_swapped"] == blind["grounding"] == blind["grounding_absent_kinds"]
+
+
+def test_pictures_draw_each_object_once_with_its_best_label():
+  from glipjax import visualize
+  boxes = np.array([[0, 0, 9, 9], [1, 0, 9, 10], [30, 30, 40, 40], [0, 0, 9, 9]], np.float32)
+  scores = np.array([0.4, 0.6, 0.35, 0.5])
+  assert visualize.best_per_object(boxes, scores).tolist() == [1, 2]
+  assert visualize.best_per_object(boxes[:0], scores[:0]).tolist() == []

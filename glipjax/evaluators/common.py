@@ -112,8 +112,10 @@ def flatten(nested: dict, prefix: str = "") -> dict[str, float]:
 
 
 def draw(image: np.ndarray, det: dict, names: dict, score_thresh: float):
-  """A picture of one image's detections above `score_thresh`, labelled by `names[category_id]`."""
-  keep = det["scores"] >= score_thresh
+  """A picture of one image's detections above `score_thresh`, each object with its best label, named by
+  `names[category_id]`."""
+  keep = np.nonzero(det["scores"] >= score_thresh)[0]
+  keep = keep[visualize.best_per_object(det["boxes"][keep], det["scores"][keep])]
   cats = det["category_ids"][keep]
   return visualize.draw_detections(image, det["boxes"][keep], [names.get(int(c), str(c)) for c in cats],
                                    det["scores"][keep], cats, scale=max(1, 384 // max(image.shape[:2])))

@@ -80,7 +80,10 @@ class BertLayer(nnx.Module):
 class BertEmbeddings(nnx.Module):
   def __init__(self, cfg, *, dtype, param_dtype, rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.word_embeddings = L.Embed(cfg.vocab_size, cfg.hidden_size, **kw)
+    # A tower trained from scratch can start its words far apart (a large std) so that their identities survive
+    # the sum with the position/type embeddings and the first layers' averaging; BERT's own init is 0.02.
+    word_init = nnx.initializers.normal(cfg.get("word_embedding_init_std", 0.02))
+    self.word_embeddings = L.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=word_init, **kw)
     self.position_embeddings = L.Embed(cfg.max_position_embeddings, cfg.hidden_size, axes=(None, "embed"), **kw)
     self.token_type_embeddings = L.Embed(cfg.type_vocab_size, cfg.hidden_size, axes=(None, "embed"), **kw)
     self.LayerNorm = L.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, **kw)
