@@ -46,30 +46,26 @@ def read_images(items: Iterable[T], path_of: Callable[[T], pathlib.Path], stats:
       yield item, result
 
 
-def xywh_box(bbox) -> np.ndarray | None:
-  """COCO [x, y, w, h] -> pixel-inclusive xyxy (x2 = x + w - 1, maskrcnn_benchmark's TO_REMOVE), None if malformed."""
+def _four_floats(bbox) -> tuple[float, float, float, float] | None:
   if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
     return None
   try:
-    x, y, w, h = (float(v) for v in bbox)
+    values = tuple(float(v) for v in bbox)
   except (TypeError, ValueError):
     return None
-  if not all(math.isfinite(v) for v in (x, y, w, h)):
-    return None
-  return np.array([x, y, x + w - 1, y + h - 1], np.float32)
+  return values if all(math.isfinite(v) for v in values) else None
+
+
+def xywh_box(bbox) -> np.ndarray | None:
+  """COCO [x, y, w, h] -> pixel-inclusive xyxy (x2 = x + w - 1, maskrcnn_benchmark's TO_REMOVE), None if malformed."""
+  v = _four_floats(bbox)
+  return None if v is None else np.array([v[0], v[1], v[0] + v[2] - 1, v[1] + v[3] - 1], np.float32)
 
 
 def xyxy_box(bbox) -> np.ndarray | None:
   """[x1, y1, x2, y2] with an exclusive far edge (ODVG, Grounding-DINO style) -> pixel-inclusive xyxy."""
-  if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-    return None
-  try:
-    x1, y1, x2, y2 = (float(v) for v in bbox)
-  except (TypeError, ValueError):
-    return None
-  if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-    return None
-  return np.array([x1, y1, x2 - 1, y2 - 1], np.float32)
+  v = _four_floats(bbox)
+  return None if v is None else np.array([v[0], v[1], v[2] - 1, v[3] - 1], np.float32)
 
 
 def fit_boxes(boxes: list, height: int, width: int, stats: Stats, where: str) -> tuple[np.ndarray, np.ndarray]:
