@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import json
 import pathlib
+import shutil
 from typing import Iterable, Iterator
 
 import tensorflow_datasets as tfds
@@ -153,7 +154,6 @@ def write(name: str, split: str, data_dir: str | pathlib.Path, fmt: str, categor
   if (target / VERSION).exists():
     if not overwrite:
       raise PrepareError(f"{target / VERSION} already exists; pass --overwrite to prepare it again")
-    import shutil
     shutil.rmtree(target / VERSION)
   metadata = tfds.core.MetadataDict(
       format=fmt, kind=_kind(fmt), categories=[dataclasses.asdict(c) for c in categories])
@@ -193,8 +193,7 @@ def open_dataset(data_dir: str | pathlib.Path, name: str, split: str) -> Dataset
   base = split_dir(data_dir, name, split)
   versions = sorted(p for p in base.glob("*.*.*") if (p / "dataset_info.json").exists()) if base.exists() else []
   if not versions:
-    have = sorted(p.name for p in split_dir(data_dir, name, "x").parent.glob("*")) if (
-        pathlib.Path(data_dir).expanduser() / name).exists() else []
+    have = sorted(p.name for p in base.parent.glob("*") if p.is_dir() and not p.name.startswith("."))
     hint = f" (it has: {', '.join(have)})" if have else ""
     raise FileNotFoundError(
         f"dataset {name!r} split {split!r} is not prepared under {data_dir}{hint}. Prepare it with: python -m "
