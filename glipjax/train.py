@@ -7,6 +7,7 @@ Restarting with the same workdir resumes from the newest intact checkpoint (trai
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -18,7 +19,11 @@ from glipjax import distributed, trainer
 def main(argv):
   del argv
   distributed.initialize_from_flags()  # before any device use
-  final = trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  try:
+    final = trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except FileNotFoundError as e:  # an unprepared dataset, a missing tokenizer file: the user's to fix
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   print(json.dumps({k: v for k, v in final.items() if not isinstance(v, dict)}, indent=2))
 
 
