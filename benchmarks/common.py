@@ -21,6 +21,8 @@ import numpy as np
 import glipjax  # noqa: F401  (flax config before any module is built)
 from benchmarks import op_profile
 from glipjax import config_utils, perf, runtime, sharding, trainer
+from glipjax.data.batch import BatchSpec
+from glipjax.data.buckets import Buckets
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -53,25 +55,35 @@ def overrides_from_args(args, defaults: dict | None = None) -> dict:
   return out
 
 
-def synthetic_batch(config, batch_size: int, *, num_boxes: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
-  """A training batch with the keys, shapes and dtypes the train step reads from the pipeline
-  (`transforms.encode_example`), random content: images, half-filled prompts, `num_boxes` boxes each naming one
-  token. Step cost does not depend on the values, so timing needs no dataset."""
+def benchmark_canvas(config) -> tuple[int, int]:
+  """The canvas a step benchmark runs at: the largest training bucket, else `data.canvas`."""
+  buckets = Buckets.from_config(config.data)
+  if buckets is None:
+    return tuple(config.data.canvas)
+  return max(buckets.train_shapes(), key=lambda hw: hw[0] * hw[1])
+
+
+def synthetic_batch(config, batch_size: int, *, num_boxes: int = 4, seed: int = 0,
+                    canvas: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+  """A training batch as the pipeline lays it out (glipjax/data/batch.py) at `canvas` (default
+  `benchmark_canvas`), random content: full-canvas images, half-filled prompts, `num_boxes` boxes each naming
+  one token. Step cost does not depend on the values, so timing needs no dataset."""
   rng = np.random.default_rng(seed)
-  h, w = config.data.canvas
-  nb, t = config.data.max_boxes, config.model.max_query_len
+  spec = BatchSpec.from_config(config, canvas or benchmark_canvas(config))
+  batch = spec.zeros(batch_size)
+  (h, w), nb, t = spec.canvas, spec.max_boxes, spec.max_query_len
   live = max(3, t // 2)
   xy = rng.uniform(0, 0.6, (batch_size, nb, 2)) * (w, h)
   wh = rng.uniform(0.05, 0.4, (batch_size, nb, 2)) * (w, h)
-  positive_map = np.zeros((batch_size, nb, t), np.float32)
-  positive_map[:, np.arange(nb), 1 + np.arange(nb) % (live - 2)] = 1.0
-  return dict(
-      image=rng.standard_normal((batch_size, h, w, 3), np.float32),
+  batch["positive_map"][:, np.arange(nb), 1 + np.arange(nb) % (live - 2)] = 1.0
+  batch.update(
+      image=rng.integers(0, 256, (batch_size, h, w, 3), dtype=np.uint8),
+      image_hw=np.broadcast_to(np.int32([h, w]), (batch_size, 2)).copy(),
       input_ids=rng.integers(1, config.model.language.vocab_size, (batch_size, t)).astype(np.int32),
       attention_mask=np.broadcast_to(np.arange(t) < live, (batch_size, t)).astype(np.int32),
       boxes=np.concatenate([xy, xy + wh], -1).astype(np.float32),
-      box_mask=np.broadcast_to(np.arange(nb) < min(num_boxes, nb), (batch_size, nb)).copy(),
-      positive_map=positive_map)
+      box_mask=np.broadcast_to(np.arange(nb) < min(num_boxes, nb), (batch_size, nb)).copy())
+  return batch
 
 
 class TrainStep:

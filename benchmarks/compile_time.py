@@ -12,7 +12,7 @@ import argparse
 
 from benchmarks import common
 
-DEFAULTS = {"train.global_batch_size": 1, "data.canvas": (800, 1344)}
+DEFAULTS = {"train.global_batch_size": 1, "data.canvas": (800, 1344), "data.aspect_buckets": ()}
 
 
 def main(argv=None) -> dict:

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from benchmarks import common
 from glipjax import perf
 
-DEFAULTS = {"model.dtype": "bfloat16", "model.param_dtype": "float32", "data.canvas": (800, 1344)}
+DEFAULTS = {"model.dtype": "bfloat16", "model.param_dtype": "float32", "data.canvas": (800, 1344),
+            "data.aspect_buckets": ()}
 
 
 def main(argv=None) -> dict:

@@ -18,7 +18,8 @@ import jax
 from benchmarks import common
 from glipjax import perf
 
-DEFAULTS = {"train.global_batch_size": 1, "data.canvas": (320, 320), "model.max_query_len": 64}
+DEFAULTS = {"train.global_batch_size": 1, "data.canvas": (320, 320), "data.aspect_buckets": (),
+            "model.max_query_len": 64}
 
 
 def main(argv=None) -> dict:

@@ -15,7 +15,8 @@ from configs import model as model_lib
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   del arg
   c = base.get_config(model=model_lib.glip_model("glip_l"))
-  c.data.train_short_sides = (480, 560, 640, 720, 800)  # AUGMENT.MULT_MIN_SIZE_TRAIN
+  # AUGMENT.MULT_MIN_SIZE_TRAIN is (480, 560, 640, 720, 800), a scale per image; here one per batch from 4
+  # (base.py), so that with 2 aspect-ratio buckets the run compiles 8 train steps.
   c.optim.weight_decay = 0.01                            # SOLVER.WEIGHT_DECAY (GLIP-T: 1e-4)
   # Repeated layers (BERT, Swin block pairs, DyHead repeats) traced once under lax.scan: the train step compiles
   # in about a minute instead of many (benchmarks/compile_time.py); weights import/export the same either way.

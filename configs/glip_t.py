@@ -34,7 +34,8 @@ def get_config(arg: str = "c") -> ml_collections.ConfigDict:
   c = base.get_config(model=model_lib.glip_model(f"glip_t_{variant}"))
   c.data.sources = DATA[data]
   c.data.eval_source = "coco"  # COCO val2017 prepared as `--name coco --split validation`
-  c.data.train_short_sides = (480, 560, 640, 720, 800)  # AUGMENT.MULT_MIN_SIZE_TRAIN
+  # AUGMENT.MULT_MIN_SIZE_TRAIN is (480, 560, 640, 720, 800), a scale per image; here one per batch from 4
+  # (base.py), so that with 2 aspect-ratio buckets the run compiles 8 train steps.
   c.optim.ema_decay = 0.999                              # SOLVER.MODEL_EMA of the GLIP-T yaml
   # Repeated layers (BERT, Swin block pairs, DyHead repeats) traced once under lax.scan: the train step compiles
   # in about a minute instead of many (benchmarks/compile_time.py); weights import/export the same either way.

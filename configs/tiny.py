@@ -18,9 +18,10 @@ def get_config():
   # the head learns to match them: detection AP50 0.22 -> 0.95 (README, "embedded task").
   m.language.word_embedding_init_std = 1.0
   c = base.get_config(model=m)
-  c.data.update(sources=(("synthetic_grounding", 1.0),), train_short_sides=(112, 120, 128), max_size=128, eval_short_side=128,
-                canvas=(128, 128), flip_prob=0.5, max_boxes=8, max_phrases=16, tokenizer="sentencepiece",
-                sentencepiece_vocab_size=128, detection_prompt_prob=0.5, max_negatives=14)
+  c.data.update(sources=(("synthetic_grounding", 1.0),), train_short_sides=(112, 120, 128), max_size=128,
+                eval_short_side=128, canvas=(128, 128), aspect_buckets=(),  # square scenes: one canvas
+                flip_prob=0.5, max_boxes=8, max_phrases=16, tokenizer="sentencepiece", sentencepiece_vocab_size=128,
+                detection_prompt_prob=0.5, max_negatives=14)
   c.optim.update(learning_rate=1e-3, language_lr_factor=0.0, weight_decay=1e-4, warmup_steps=100,
                  schedule="cosine", grad_clip_norm=1.0)
   c.train.update(global_batch_size=16, num_steps=1600, log_every=25, eval_every=1600, checkpoint_every=400)

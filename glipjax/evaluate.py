@@ -17,9 +17,9 @@ import glipjax  # noqa: F401
 from glipjax.evaluators import common, synthetic
 
 
-def evaluate(config, graphdef, params, rest, tokenizer, anchors, level_counts, *, mesh, workdir=None) -> dict:
+def evaluate(config, graphdef, params, rest, tokenizer, *, mesh, workdir=None) -> dict:
   """The embedded default's evaluation of `params` (nested metrics, see evaluators/synthetic.py)."""
-  fn = common.make_predict_fn(graphdef, anchors, level_counts, config.eval)
+  fn = common.make_predict_fn(graphdef, config)
   return synthetic.evaluate(lambda batch: fn(params, rest, batch), config, tokenizer, mesh, workdir=workdir)
 
 
@@ -33,7 +33,7 @@ def main(argv):
   tokenizer = runtime.prepare_tokenizer(config, workdir)
   with jax.set_mesh(s.mesh):
     step, params, rest = checkpoints.restore_for_inference(s, workdir)
-    metrics = evaluate(config, s.graphdef, params, rest, tokenizer, s.anchors, s.level_counts, mesh=s.mesh,
+    metrics = evaluate(config, s.graphdef, params, rest, tokenizer, mesh=s.mesh,
                        workdir=workdir)
   print(json.dumps(dict(metrics, step=int(step)), indent=2))
 

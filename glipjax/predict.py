@@ -18,10 +18,10 @@ from PIL import Image, UnidentifiedImageError
 
 import glipjax  # noqa: F401
 from glipjax import checkpoints, config_utils, runtime, sharding, visualize
+from glipjax.data import pipeline, transforms
+from glipjax.data.batch import MODEL_INPUTS, BatchSpec
 from glipjax.evaluators import common
-from glipjax.data import transforms
 from glipjax.ops.postprocess import to_coco_results
-from glipjax.text.prompts import token_map_from_spans
 
 
 def split_prompt(prompt: str) -> tuple[str, list[str], list[tuple[int, int]]]:
@@ -52,24 +52,20 @@ def predict(workdir: str | pathlib.Path, image: np.ndarray, prompt: str, *, scor
   s = runtime.build(config)
   tokenizer = runtime.prepare_tokenizer(config, workdir)
   c = config.data
-  # Any size works: the long side is capped at min(max_size, canvas) and the rest padded.
-  resized, _ = transforms.resize(image, np.zeros((0, 4), np.float32), c.eval_short_side,
-                                 min(c.max_size, *c.canvas))
-  tok = tokenizer.encode(text, config.model.max_query_len)
-  if tok.truncated:
+  # Any size works: the image is resized onto the canvas evaluation would give it and the rest padded.
+  canvas = pipeline.eval_canvas(c, image.shape[:2])
+  resized, _ = transforms.resize(image, np.zeros((0, 4), np.float32), c.eval_short_side, c.max_size, canvas)
+  if tokenizer.encode(text, config.model.max_query_len).truncated:
     print(f"warning: the prompt is longer than {config.model.max_query_len} tokens and was truncated",
           file=sys.stderr)
-  phrase_map = token_map_from_spans(tok.offsets, [[sp] for sp in spans], config.model.max_query_len)
-  phrase_map = transforms.pad_to(phrase_map[:c.max_phrases], c.max_phrases)
+  example = transforms.encode_example(resized, text, np.zeros((0, 4), np.float32), np.zeros(0, np.int32),
+                                      [[sp] for sp in spans], tokenizer, BatchSpec.from_config(config, canvas),
+                                      allow_empty=True)
+  batch = {k: example[k][None] for k in MODEL_INPUTS}
   h, w = resized.shape[:2]
-  canvas = np.zeros(tuple(c.canvas) + (3,), np.float32)
-  canvas[:h, :w] = transforms.normalize(resized)
-  batch = dict(image=canvas[None], input_ids=tok.input_ids[None], attention_mask=tok.attention_mask[None],
-               phrase_map=phrase_map[None], phrase_mask=(phrase_map.sum(-1) > 0)[None],
-               image_hw=np.array([[h, w]], np.int32))
   with jax.set_mesh(s.mesh):
     _, params, rest = checkpoints.restore_for_inference(s, workdir)
-    fn = common.make_predict_fn(s.graphdef, s.anchors, s.level_counts, config.eval)
+    fn = common.make_predict_fn(s.graphdef, config)
     dets = jax.tree.map(np.asarray, fn(params, rest, sharding.global_batch(batch, sharding.replicated(s.mesh))))
   scales = np.array([[image.shape[0] / h, image.shape[1] / w]])
   results = to_coco_results(dets, [0], scales)

@@ -26,7 +26,7 @@ from glipjax.text import tokenizers
 
 @dataclasses.dataclass
 class Setup:
-  """Everything static about a run: mesh, model graph, abstract state and its shardings, anchors."""
+  """Everything static about a run: mesh, model graph, abstract state and its shardings."""
   config: Any
   mesh: Any
   graphdef: Any
@@ -35,8 +35,15 @@ class Setup:
   state_shardings: Any
   rest_shardings: Any
   init: Any            # jitted () -> (state, rest)
-  anchors: np.ndarray
-  level_counts: tuple
+
+  def anchors_for(self, image_hw) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(anchors [A, 4], per-level counts) of a canvas (H, W): a batch's own, one per static input shape."""
+    return anchors_for(self.config, image_hw)
+
+
+def anchors_for(config, image_hw) -> tuple[np.ndarray, tuple[int, ...]]:
+  a = config.model.anchors
+  return anchor_ops.for_canvas(tuple(int(x) for x in image_hw), tuple(a.strides), tuple(a.sizes))
 
 
 def prepare_tokenizer(config, workdir: pathlib.Path) -> tokenizers.Tokenizer:
@@ -57,8 +64,6 @@ def build(config) -> Setup:
                      f"{config.train.global_batch_size}")
   mesh = sharding.make_mesh(config.mesh)
   rules = [tuple(r) for r in config.mesh.rules]
-  shapes = anchor_ops.level_shapes(tuple(config.data.canvas), config.model.anchors.strides)
-  anchors = anchor_ops.generate_anchors(shapes, config.model.anchors.strides, config.model.anchors.sizes)
   new_model = lambda: GLIP(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
   abstract_model = nnx.eval_shape(new_model)
   graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
@@ -75,5 +80,4 @@ def build(config) -> Setup:
   state_shardings = sharding.param_shardings(abstract_state, mesh, rules)
   rest_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract_rest)
   init_fn = jax.jit(init, out_shardings=(state_shardings, rest_shardings))
-  return Setup(config, mesh, graphdef, tx, abstract_state, state_shardings, rest_shardings, init_fn, anchors,
-               anchor_ops.level_counts(shapes))
+  return Setup(config, mesh, graphdef, tx, abstract_state, state_shardings, rest_shardings, init_fn)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 import glipjax  # noqa: F401
 from glipjax import checkpoints, config_utils, distributed, hooks, perf, runtime, sharding
 from glipjax.data import pipeline, sources
+from glipjax.data.batch import model_images
 from glipjax.evaluators import common as eval_common, synthetic as synthetic_eval
 from glipjax.ops.losses import glip_loss
 
@@ -47,8 +48,10 @@ def make_train_step(s: runtime.Setup):
 
     def loss_fn(params):
       model = nnx.merge(s.graphdef, params, rest, copy=True)  # fresh variables: dropout advances its RNG count
-      out = model(batch["image"], batch["input_ids"], batch["attention_mask"], deterministic=False)
-      loss, metrics = glip_loss(out, batch, s.anchors, s.level_counts, focal_alpha=cfg.train.focal_alpha,
+      out = model(model_images(batch["image"], batch["image_hw"]), batch["input_ids"], batch["attention_mask"],
+                  deterministic=False)
+      anchors, level_counts = s.anchors_for(batch["image"].shape[1:3])  # static: this batch's canvas
+      loss, metrics = glip_loss(out, batch, anchors, level_counts, focal_alpha=cfg.train.focal_alpha,
                                 focal_gamma=cfg.train.focal_gamma, reg_loss_weight=cfg.train.reg_loss_weight)
       return loss, dict(metrics, loss=loss)
 
@@ -130,24 +133,26 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
     num_steps = config.train.num_steps
     bar = tqdm(total=num_steps, initial=start_step, disable=not (progress and lead), desc="train", unit="step")
     eval_metrics: dict = {}  # nested by protocol (evaluators/synthetic.py)
-    predict_fn = eval_common.make_predict_fn(s.graphdef, s.anchors, s.level_counts, config.eval)
+    predict_fn = eval_common.make_predict_fn(s.graphdef, config)
     perf_stats: dict = {}
-    compiled, preempted = None, False
+    compiled, preempted = {}, False  # canvas (H, W) -> the step compiled for it (aspect-ratio buckets)
     pending = None  # the previous step's (step, metrics): checked once the next step is queued, so the host
     last_log = (start_step, time.time())  # prepares batch n+1 while the device runs step n
     for step in range(start_step, num_steps):
       batch = sharding.global_batch(next(train_iter), batch_sharding)
-      if compiled is None:  # compile ahead of time: exact compile time, FLOPs and memory of the real step
+      canvas = tuple(batch["image"].shape[1:3])
+      if canvas not in compiled:  # compile ahead of time: exact compile time, FLOPs and memory of the real step
         t0 = time.time()
-        compiled = train_step.lower(state, rest, batch, rng).compile()
+        compiled[canvas] = train_step.lower(state, rest, batch, rng).compile()
         compile_seconds = time.time() - t0
-        perf_stats = hooks.step_perf_stats(compiled, perf.jaxpr_flops(train_step, state, rest, batch, rng), config,
-                                     compile_seconds=compile_seconds)
-        logging.info("train step: %s", perf_stats)
-        jsonl.write(step, {f"perf/{k}": v for k, v in perf_stats.items()})
+        stats = hooks.step_perf_stats(compiled[canvas], perf.jaxpr_flops(train_step, state, rest, batch, rng),
+                                      config, compile_seconds=compile_seconds)
+        perf_stats = perf_stats or stats  # throughput figures use the first canvas's step
+        logging.info("train step for canvas %s: %s", canvas, stats)
+        jsonl.write(step, {f"perf/{k}": v for k, v in stats.items()})
         last_log = (step, time.time())
       profiler.step(step)
-      state, metrics = compiled(state, rest, batch, rng)
+      state, metrics = compiled[canvas](state, rest, batch, rng)
       if pending is not None:
         bar.set_postfix(loss=f"{hooks.check_finite(*pending)['loss']:.3f}")
       done = step + 1

@@ -53,7 +53,7 @@ def tiny_data(tmp_path_factory):
   synthetic_grounding.prepare(root, "synthetic_grounding/tiny")
   cfg = ml_collections.ConfigDict(dict(
       sources=(("synthetic_grounding/tiny", 1.0),), eval_source="", data_dir=str(root), train_short_sides=(48, 64),
-      max_size=64, eval_short_side=64, canvas=(64, 64), flip_prob=0.5, max_boxes=6, max_phrases=4, num_workers=0,
+      max_size=64, eval_short_side=64, canvas=(64, 64), aspect_buckets=(), flip_prob=0.5, max_boxes=6, max_phrases=4, num_workers=0,
       detection_prompt_prob=0.5, max_negatives=14))
   tok = SentencePieceTokenizer(train_sentencepiece(pipeline.iter_captions(cfg), root / "sp", 64))
   return cfg, tok

@@ -118,7 +118,7 @@ def pipeline_config(data_dir):
   import ml_collections
   return ml_collections.ConfigDict(dict(
       sources=(("synthetic_grounding/tiny", 1.0),), eval_source="", data_dir=str(data_dir), train_short_sides=(48, 64),
-      max_size=64, eval_short_side=64, canvas=(64, 64), flip_prob=0.5, max_boxes=6, max_phrases=4, num_workers=0,
+      max_size=64, eval_short_side=64, canvas=(64, 64), aspect_buckets=(), flip_prob=0.5, max_boxes=6, max_phrases=4, num_workers=0,
       detection_prompt_prob=0.5, max_negatives=14))
 
 

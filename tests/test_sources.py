@@ -250,7 +250,7 @@ def mixture(prepared_mixture, tmp_path_factory):
   from glipjax.text.tokenizers import SentencePieceTokenizer, train_sentencepiece
   cfg = ml_collections.ConfigDict(dict(
       sources=(("det", 3.0), ("gnd", 1.0)), eval_source="", data_dir=str(prepared_mixture), train_short_sides=(48,),
-      max_size=64, eval_short_side=48, canvas=(64, 64), flip_prob=0.5, max_boxes=4, max_phrases=6, num_workers=0,
+      max_size=64, eval_short_side=48, canvas=(64, 64), aspect_buckets=(), flip_prob=0.5, max_boxes=4, max_phrases=6, num_workers=0,
       detection_prompt_prob=0.5, max_negatives=2))
   sp = train_sentencepiece(pipeline.iter_captions(cfg), tmp_path_factory.mktemp("sp") / "sp", 48)
   return cfg, SentencePieceTokenizer(sp)

@@ -116,8 +116,7 @@ def test_evaluate_writes_metrics_pictures_and_predict_works(full_run, data_dir, 
   with jax.set_mesh(setup.mesh):
     _, params, rest = checkpoints.restore_for_inference(setup, workdir)
     metrics = evaluate.evaluate(config, setup.graphdef, params, rest,
-                                runtime.prepare_tokenizer(config, workdir), setup.anchors, setup.level_counts,
-                                mesh=setup.mesh, workdir=workdir)
+                                runtime.prepare_tokenizer(config, workdir), mesh=setup.mesh, workdir=workdir)
   from glipjax.evaluators import common
   flat = common.flatten(metrics)
   for protocol in ("detection", "detection/text_blind", "grounding", "grounding/colour_swapped",

@@ -1,4 +1,5 @@
-"""Per-example numpy preprocessing: validation, resize, flip, normalisation, padding, tokens and positive maps."""
+"""Per-example numpy preprocessing: validation, resize, flip, padding onto the canvas, tokens and positive maps
+(the example's fields: glipjax/data/batch.py)."""
 from __future__ import annotations
 
 import collections
@@ -7,20 +8,12 @@ import re
 import numpy as np
 from PIL import Image
 
+from glipjax.data.batch import BatchSpec
 from glipjax.text.prompts import token_map_from_spans
 from glipjax.text.tokenizers import Tokenizer
 
-PIXEL_MEAN_BGR = np.array([103.53, 116.28, 123.675], np.float32)
-PIXEL_STD_BGR = np.array([57.375, 57.12, 58.395], np.float32)
-
-
 class BadExample(ValueError):
   """An example that cannot be used (corrupt image, no valid box, ...): the pipeline skips and counts it."""
-
-
-def normalize(image_rgb_uint8: np.ndarray) -> np.ndarray:
-  """GLIP's input: BGR in 0..255, minus PIXEL_MEAN, over PIXEL_STD."""
-  return (image_rgb_uint8[..., ::-1].astype(np.float32) - PIXEL_MEAN_BGR) / PIXEL_STD_BGR
 
 
 def sanitize_boxes(boxes: np.ndarray, hw: tuple[int, int], *per_box: np.ndarray):
@@ -39,10 +32,22 @@ def sanitize_boxes(boxes: np.ndarray, hw: tuple[int, int], *per_box: np.ndarray)
   return boxes[ok], [a[ok] for a in per_box], int((~ok).sum())
 
 
-def resize(image: np.ndarray, boxes: np.ndarray, short_side: int, max_size: int):
-  """Resizes so the short side is `short_side` and the long side at most `max_size`; scales boxes."""
+def resize_scale(image_hw, short_side: int, max_size: int, canvas=None):
+  """The resize factor of image(s) (..., 2) (height, width): short side `short_side`, long side at most
+  `max_size` and, given canvas size(s) (..., 2), fitting on the canvas."""
+  hw = np.asarray(image_hw, np.float64)
+  scale = np.minimum(short_side / hw.min(-1), max_size / hw.max(-1))
+  if canvas is not None:
+    canvas = np.asarray(canvas, np.float64)
+    scale = np.minimum(scale, np.minimum(canvas[..., 0] / hw[..., 0], canvas[..., 1] / hw[..., 1]))
+  return scale
+
+
+def resize(image: np.ndarray, boxes: np.ndarray, short_side: int, max_size: int,
+           canvas: tuple[int, int] | None = None):
+  """Resizes by `resize_scale`; scales boxes."""
   h, w = image.shape[:2]
-  scale = min(short_side / min(h, w), max_size / max(h, w))
+  scale = float(resize_scale((h, w), short_side, max_size, canvas))
   nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
   if (nh, nw) != (h, w):
     image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
@@ -86,13 +91,13 @@ def pad_to(x: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
 
 
 def encode_example(image: np.ndarray, caption: str, boxes: np.ndarray, box_phrase: np.ndarray,
-                   phrase_spans: list[list[tuple[int, int]]], tokenizer: Tokenizer, *, canvas: tuple[int, int],
-                   max_boxes: int, max_phrases: int, max_query_len: int, allow_empty: bool = False,
-                   dropped: collections.Counter | None = None) -> dict[str, np.ndarray]:
-  """The static-shape training/eval example (already resized/flipped). `phrase_spans`: each phrase's character
-  spans. Boxes whose phrase is cut off by the query length or by `max_phrases`, and boxes beyond `max_boxes`,
+                   phrase_spans: list[list[tuple[int, int]]], tokenizer: Tokenizer, spec: BatchSpec, *,
+                   allow_empty: bool = False, dropped: collections.Counter | None = None) -> dict[str, np.ndarray]:
+  """The static-shape example (already resized/flipped) as `spec` lays it out, less the record's identity
+  (`image_id`, `orig_hw`, which the pipeline adds). `phrase_spans`: each phrase's character spans. Boxes whose phrase is cut off by the query length or by `max_phrases`, and boxes beyond `max_boxes`,
   are dropped and counted in `dropped`. `allow_empty`: an example without any box is kept (evaluation: a prompt
   may name nothing in the image)."""
+  canvas, max_boxes, max_phrases, max_query_len = spec.canvas, spec.max_boxes, spec.max_phrases, spec.max_query_len
   h, w = image.shape[:2]
   if h > canvas[0] or w > canvas[1]:
     raise BadExample(f"image {h}x{w} larger than the canvas {canvas}")
@@ -110,8 +115,8 @@ def encode_example(image: np.ndarray, caption: str, boxes: np.ndarray, box_phras
   boxes, box_phrase = np.asarray(boxes, np.float32).reshape(-1, 4)[keep][:max_boxes], box_phrase[keep][:max_boxes]
   if len(boxes) == 0 and not allow_empty:
     raise BadExample("no box left after validation/truncation")
-  canvas_img = np.zeros(canvas + (3,), np.float32)
-  canvas_img[:h, :w] = normalize(image)
+  canvas_img = np.zeros(tuple(canvas) + (3,), np.uint8)
+  canvas_img[:h, :w] = image
   n = len(boxes)
   return dict(
       image=canvas_img, image_hw=np.array([h, w], np.int32),

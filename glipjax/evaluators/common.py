@@ -14,19 +14,23 @@ from jax.experimental import multihost_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from glipjax import distributed, sharding, visualize
+from glipjax import distributed, runtime, sharding, visualize
 from glipjax.data import pipeline
+from glipjax.data.batch import MODEL_INPUTS, model_images
 from glipjax.ops.postprocess import postprocess
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-MODEL_INPUTS = ("image", "input_ids", "attention_mask", "phrase_map", "phrase_mask", "image_hw")
 
 
-def make_predict_fn(graphdef, anchors, level_counts, eval_cfg):
-  """jitted (params, rest, batch) -> detections (boxes in network-input pixels, 1-based phrase labels)."""
+def make_predict_fn(graphdef, config):
+  """jitted (params, rest, batch) -> detections (boxes in network-input pixels, 1-based phrase labels); compiled
+  once per canvas shape."""
+  eval_cfg = config.eval
+
   def predict(params, rest, batch):
     model = nnx.merge(graphdef, params, rest)
-    out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+    out = model(model_images(batch["image"], batch["image_hw"]), batch["input_ids"], batch["attention_mask"])
+    anchors, level_counts = runtime.anchors_for(config, batch["image"].shape[1:3])
     return postprocess(out, anchors, level_counts, batch["phrase_map"], batch["phrase_mask"], batch["image_hw"],
                        pre_nms_thresh=eval_cfg.pre_nms_thresh, pre_nms_top_n=eval_cfg.pre_nms_top_n,
                        nms_thresh=eval_cfg.nms_thresh, detections_per_img=eval_cfg.detections_per_img)

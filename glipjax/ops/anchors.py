@@ -1,6 +1,7 @@
 """One square anchor per location and level (Detectron cell anchors, fixture README §4.8)."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -30,3 +31,12 @@ def generate_anchors(shapes: Sequence[tuple[int, int]], strides: Sequence[int], 
 
 def level_counts(shapes: Sequence[tuple[int, int]]) -> tuple[int, ...]:
   return tuple(h * w for h, w in shapes)
+
+
+@functools.lru_cache(maxsize=32)
+def for_canvas(image_hw: tuple[int, int], strides: tuple[int, ...], sizes: tuple[int, ...]):
+  """(anchors [A, 4], per-level counts) of a canvas: one set per static input shape, computed once."""
+  shapes = level_shapes(image_hw, strides)
+  anchors = generate_anchors(shapes, strides, sizes)
+  anchors.setflags(write=False)  # shared by every caller of the cache
+  return anchors, level_counts(shapes)

@@ -21,6 +21,7 @@ from flax import nnx
 
 import glipjax  # noqa: F401
 from configs.model import fixture_model
+from glipjax.data.batch import BatchSpec
 from glipjax.interop.official import export_official, import_official
 from glipjax.models.glip import GLIP
 from glipjax.ops import anchors as anchor_ops
@@ -60,17 +61,17 @@ def _compare(name, ours, ref, *, atol=None, rtol=None) -> Row:
 
 
 def fixture_batch(loss_npz, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-  """The loss fixture's flat GT list as our padded [B, G, ...] batch arrays."""
+  """The loss fixture's flat GT list as our batch (glipjax/data/batch.py), boxes padded to the most per image."""
   b, t = input_ids.shape
   owners = loss_npz["target_image_index"]
   g = max(int(np.bincount(owners, minlength=b).max()), 1)
-  boxes, mask, pmap = np.zeros((b, g, 4), np.float32), np.zeros((b, g), bool), np.zeros((b, g, t), np.float32)
+  batch = BatchSpec(canvas=(1, 1), max_boxes=g, max_phrases=1, max_query_len=t).zeros(b)
   filled = [0] * b
   for box, owner, row in zip(loss_npz["target_boxes_xyxy"], owners, loss_npz["positive_map"]):
     j = filled[owner]
-    boxes[owner, j], mask[owner, j], pmap[owner, j] = box, True, row
+    batch["boxes"][owner, j], batch["box_mask"][owner, j], batch["positive_map"][owner, j] = box, True, row
     filled[owner] += 1
-  return dict(boxes=boxes, box_mask=mask, positive_map=pmap, attention_mask=attention_mask)
+  return {k: batch[k] for k in ("boxes", "box_mask", "positive_map")} | dict(attention_mask=attention_mask)
 
 
 def run(reference: pathlib.Path) -> list[Row]:
@@ -91,9 +92,7 @@ def run(reference: pathlib.Path) -> list[Row]:
   apply = lambda hp, **kw: nnx.merge(graphdef, hp, other_params, rest)(images, ids, mask, **kw)
 
   hw = tuple(int(v) for v in inputs["image_sizes_hw"][0])
-  shapes = anchor_ops.level_shapes(hw, cfg.anchors.strides)
-  anchors = anchor_ops.generate_anchors(shapes, cfg.anchors.strides, cfg.anchors.sizes)
-  counts = anchor_ops.level_counts(shapes)
+  anchors, counts = anchor_ops.for_canvas(hw, tuple(cfg.anchors.strides), tuple(cfg.anchors.sizes))
   start = 0
   for lvl, n in enumerate(counts):
     rows.append(_compare(f"anchors_l{lvl}", anchors[start:start + n], outputs[f"anchors_l{lvl}"], atol=0.0))

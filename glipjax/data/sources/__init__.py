@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import importlib
+import io
 import json
+import logging
 import pathlib
 import shutil
 from typing import Iterable, Iterator
 
+import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 from tensorflow_datasets.core.dataset_builders import adhoc_builder
 
 from glipjax.data import records
@@ -29,6 +34,7 @@ FORMATS = {"coco": "coco_json", "lvis": "coco_json", "mdetr": "mdetr_json", "odv
            "captions": "captions"}
 SPLITS = ("train", "validation", "test")
 BUILTIN = "synthetic_grounding"  # name[/builder config], e.g. "synthetic_grounding/tiny"
+SIZES_FILE = "{split}_image_sizes.npy"  # [N, 2] (height, width) per record, beside the records (for buckets)
 
 
 class PrepareError(ValueError):
@@ -69,10 +75,39 @@ class Dataset:
   categories: list[Category]
   kind: str            # 'detection', 'grounding', 'captions' or 'synthetic'
   statistics: dict
+  directory: pathlib.Path | None = None  # the prepared version directory
 
   @property
   def category_names(self) -> list[str]:
     return [c.name for c in self.categories]
+
+  @functools.cached_property
+  def image_sizes(self) -> np.ndarray:
+    """[N, 2] (height, width) of each record's image, in record order: the file preparation wrote, else read
+    once from the records (decoding every image) and kept beside them."""
+    path = self.directory / SIZES_FILE.format(split=self.split) if self.directory is not None else None
+    if path is not None and path.exists():
+      sizes = np.load(path)
+      if len(sizes) == len(self.source):
+        return sizes
+    logging.info("reading the image sizes of %s/%s (%d records) once", self.name, self.split, len(self.source))
+    sizes = np.array([np.asarray(self.source[i]["image"]).shape[:2] for i in range(len(self.source))],
+                     np.int32).reshape(-1, 2)
+    if path is not None:
+      try:
+        np.save(path, sizes)
+      except OSError as e:  # a read-only dataset directory: read them again next time
+        logging.warning("cannot cache image sizes at %s: %s", path, e)
+    return sizes
+
+
+def image_hw(image) -> tuple[int, int]:
+  """(height, width) of an encoded image (from its header only) or of a decoded array."""
+  if isinstance(image, (bytes, bytearray)):
+    with Image.open(io.BytesIO(image)) as im:
+      return im.height, im.width
+  shape = np.shape(image)
+  return int(shape[0]), int(shape[1])
 
 
 def reader(fmt: str):
@@ -158,9 +193,11 @@ def write(name: str, split: str, data_dir: str | pathlib.Path, fmt: str, categor
   metadata = tfds.core.MetadataDict(
       format=fmt, kind=_kind(fmt), categories=[dataclasses.asdict(c) for c in categories])
   totals = collections.Counter()
+  sizes: list[tuple[int, int]] = []
 
   def examples():
     for r in stored:
+      sizes.append(image_hw(r["image"]))
       totals["images"] += 1
       totals["boxes"] += len(r["boxes"])
       totals["phrases"] += records.num_phrases(dict(span_phrase=r["span_phrase"]))
@@ -171,6 +208,8 @@ def write(name: str, split: str, data_dir: str | pathlib.Path, fmt: str, categor
                              split_datasets={split: examples()}, data_dir=str(pathlib.Path(data_dir).expanduser()),
                              description=f"glipjax: {fmt} files prepared as canonical records", metadata=metadata)
   builder.download_and_prepare(file_format="array_record")
+  # Shuffling is disabled, so records are stored in the order generated: sizes[i] is record i's.
+  np.save(pathlib.Path(builder.data_dir) / SIZES_FILE.format(split=split), np.asarray(sizes, np.int32).reshape(-1, 2))
   return pathlib.Path(builder.data_dir)
 
 
@@ -203,4 +242,4 @@ def open_dataset(data_dir: str | pathlib.Path, name: str, split: str) -> Dataset
   meta = builder.info.metadata or {}
   cats = [Category(int(c["id"]), str(c["name"]), str(c.get("frequency", ""))) for c in meta.get("categories", [])]
   return Dataset(name, split, builder.as_data_source(split=split), cats, str(meta.get("kind", "detection")),
-                 dict(meta.get("statistics", {})))
+                 dict(meta.get("statistics", {})), pathlib.Path(builder.data_dir))

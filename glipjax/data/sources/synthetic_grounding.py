@@ -85,4 +85,5 @@ def open_dataset(data_dir: str | pathlib.Path, name: str, split: str) -> Dataset
         f"{BUILTIN}/{config} is not built under {data_dir}. Build it with: python -c \"from glipjax.data.sources "
         f"import synthetic_grounding as s; s.prepare('{data_dir}', '{name}')\" (training does this for you)")
   cats = [Category(i + 1, n) for i, n in enumerate(synthetic.category_names())]
-  return Dataset(name, split, builder.as_data_source(split=split), cats, "synthetic", {})
+  return Dataset(name, split, builder.as_data_source(split=split), cats, "synthetic", {},
+                 pathlib.Path(builder.data_dir))
