@@ -1,27 +1,72 @@
-"""Examples/s of the grain input pipeline (glipjax.data.pipeline, train mode: decode, random resize, flip,
-normalise, pad to the canvas, tokenise, positive maps) against the examples/s the corresponding train step
-consumes, both measured in this run. Goal: pipeline >= 2x the step.
+"""Examples/s of the grain input pipeline (glipjax.data.pipeline, train mode: decode, detection prompts with
+negatives, random scale, flip, pad onto the bucket's uint8 canvas, tokenise, positive maps) per process, against
+the examples/s the corresponding train step consumes, both measured in this run. Goal: pipeline >= 2x the step.
 
   .venv/bin/python -m benchmarks.input_pipeline [--cases tiny glip_t] [--batches 20] [--workers 0]
 
-Cases: `tiny` (configs/tiny.py as it trains) and `glip_t` (GLIP-T(C)'s data config: short side 480..800, long
-side <= 1333, a 1344x1344 canvas, 256-token WordPiece prompts from the MiniLM vocab when that test package is
-installed, else a sentencepiece model; the GLIP-T(C) step at that canvas, batch 1). Both read the synthetic
-grounding dataset (built under data.data_dir on first use). The two are measured one after the other: in
-training they share the host, so on a CPU-only machine the ratio is an upper bound of the headroom.
+Cases: `tiny` (configs/tiny.py on the embedded dataset, as it trains) and `glip_t` (GLIP-T(C)'s data config:
+4 scales 480..800, long side <= 1333, 2 aspect-ratio buckets, 256-token WordPiece prompts from the MiniLM vocab
+when that test package is installed, else a sentencepiece model; the GLIP-T(C) step at its largest bucket
+canvas, batch 1) on COCO-like data: a COCO-format dataset this script writes and prepares once (JPEG images
+with COCO's sizes, benchmarks/padding.py; 80 COCO category names; 7 boxes per image, as COCO averages). The two
+are measured one after the other: in training they share the host, so on a CPU-only machine the ratio is an
+upper bound of the headroom, and a GPU step consumes far more examples/s than this machine's CPU step.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import pathlib
 import time
 
+import numpy as np
+from PIL import Image
+
 from benchmarks import common
+from benchmarks.padding import coco_like_sizes
 from glipjax import runtime
 from glipjax.data import pipeline, sources
+from glipjax.data.prepare import prepare
 
 WORKDIR = pathlib.Path("runs/benchmarks/input_pipeline")
+COCO_NAMES = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign "
+    "parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie "
+    "suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard "
+    "tennis_racket bottle wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot "
+    "hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard "
+    "cell_phone microwave oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier "
+    "toothbrush").split()
+COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]  # COCO's 80 of 1..90
+
+
+def write_coco_like(root: pathlib.Path, num_images: int = 64, seed: int = 0) -> str:
+  """Writes and prepares (once) a COCO-format train split of `num_images` JPEGs with COCO-like sizes and
+  content that compresses like photographs (smooth structure plus grain); returns its data_dir."""
+  data_dir = root / "tfds"
+  if (data_dir / "coco_like" / "train").exists():
+    return str(data_dir)
+  rng = np.random.default_rng(seed)
+  sizes = coco_like_sizes()[rng.permutation(5000)[:num_images]]
+  (root / "images").mkdir(parents=True, exist_ok=True)
+  images, anns = [], []
+  for i, (h, w) in enumerate(sizes):
+    coarse = rng.integers(0, 256, (h // 32 + 2, w // 32 + 2, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), np.int16)
+    pixels = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(root / "images" / f"{i:012d}.jpg", quality=90)
+    images.append(dict(id=i, file_name=f"{i:012d}.jpg", height=int(h), width=int(w)))
+    for k in range(7):
+      bw, bh = rng.uniform(0.05, 0.5) * w, rng.uniform(0.05, 0.5) * h
+      x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+      anns.append(dict(id=len(anns) + 1, image_id=i, category_id=int(rng.choice(COCO_IDS)),
+                       bbox=[round(x, 2), round(y, 2), round(bw, 2), round(bh, 2)], area=bw * bh, iscrowd=0))
+  annotations = root / "instances_train.json"
+  annotations.write_text(json.dumps(dict(images=images, annotations=anns, categories=[
+      dict(id=i, name=n, supercategory="") for i, n in zip(COCO_IDS, COCO_NAMES)])))
+  prepare("coco", str(annotations), str(root / "images"), "coco_like", str(data_dir))
+  return str(data_dir)
 
 
 def _minilm_vocab() -> str:
@@ -38,9 +83,10 @@ def case_overrides(name: str) -> tuple[str, dict]:
   vocab = _minilm_vocab()
   tokenizer = ({"data.tokenizer": "wordpiece", "data.tokenizer_path": vocab} if vocab else
                {"data.tokenizer": "sentencepiece", "data.sentencepiece_vocab_size": 128})
-  # GLIP-T's resolution and canvas on the embedded images (no real dataset is on this machine).
-  return "configs/glip_t.py:c", {"train.global_batch_size": 1, "data.sources": (("synthetic_grounding", 1.0),),
-                                 "data.eval_source": "", **tokenizer}
+  # GLIP-T's data config on COCO-like files (no real dataset is on this machine).
+  data_dir = write_coco_like(WORKDIR / "coco_like")
+  return "configs/glip_t.py:c", {"train.global_batch_size": 1, "data.sources": (("coco_like", 1.0),),
+                                 "data.data_dir": data_dir, "data.eval_source": "", **tokenizer}
 
 
 def pipeline_rate(config, num_batches: int) -> dict:
@@ -75,7 +121,7 @@ def main(argv=None) -> dict:
       overrides["data.num_workers"] = args.workers
     config = common.load_config(spec, overrides)
     out = dict(config=spec, overrides={k: str(v) for k, v in overrides.items()},
-               batch_size=config.train.global_batch_size, canvas=tuple(config.data.canvas),
+               batch_size=config.train.global_batch_size, step_canvas=common.benchmark_canvas(config),
                num_workers=config.data.num_workers, **pipeline_rate(config, args.batches))
     print(f"{name}: pipeline {out['pipeline_examples_per_second']:.1f} examples/s", flush=True)
     step, _ = common.measure_train_step(config, args.steps)

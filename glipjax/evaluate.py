@@ -1,5 +1,6 @@
-"""Evaluate the newest checkpoint of a training run on the validation split (glipjax/evaluators/synthetic.py:
-detection over the 15 kinds with its text-blind control, caption grounding with its text sensitivity).
+"""Evaluate the newest checkpoint of a training run on the validation split of its `data.eval_source`
+(glipjax/evaluators: the embedded default's detection over the 15 kinds with its text-blind control and caption
+grounding with its text sensitivity; COCO AP on a prepared detection or grounding dataset).
 
   python -m glipjax.evaluate --workdir runs/quickstart
 
@@ -14,13 +15,14 @@ import jax
 from absl import app, flags
 
 import glipjax  # noqa: F401
-from glipjax.evaluators import common, synthetic
+from glipjax import evaluators
+from glipjax.evaluators import common
 
 
 def evaluate(config, graphdef, params, rest, tokenizer, *, mesh, workdir=None) -> dict:
-  """The embedded default's evaluation of `params` (nested metrics, see evaluators/synthetic.py)."""
+  """Nested metrics of `params` on the config's evaluated split (glipjax/evaluators)."""
   fn = common.make_predict_fn(graphdef, config)
-  return synthetic.evaluate(lambda batch: fn(params, rest, batch), config, tokenizer, mesh, workdir=workdir)
+  return evaluators.evaluate(lambda batch: fn(params, rest, batch), config, tokenizer, mesh, workdir=workdir)
 
 
 def main(argv):

@@ -23,7 +23,8 @@ import glipjax  # noqa: F401
 from glipjax import checkpoints, config_utils, distributed, hooks, perf, runtime, sharding
 from glipjax.data import pipeline, sources
 from glipjax.data.batch import model_images
-from glipjax.evaluators import common as eval_common, synthetic as synthetic_eval
+from glipjax import evaluators
+from glipjax.evaluators import common as eval_common
 from glipjax.ops.losses import glip_loss
 
 
@@ -132,7 +133,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
 
     num_steps = config.train.num_steps
     bar = tqdm(total=num_steps, initial=start_step, disable=not (progress and lead), desc="train", unit="step")
-    eval_metrics: dict = {}  # nested by protocol (evaluators/synthetic.py)
+    eval_metrics: dict = {}  # nested by protocol (glipjax/evaluators)
     predict_fn = eval_common.make_predict_fn(s.graphdef, config)
     perf_stats: dict = {}
     compiled, preempted = {}, False  # canvas (H, W) -> the step compiled for it (aspect-ratio buckets)
@@ -176,8 +177,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
         break
       if config.train.eval_every > 0 and at(config.train.eval_every):
         params = state.get("ema", state["params"])
-        eval_metrics = synthetic_eval.evaluate(lambda b: predict_fn(params, rest, b), config, tokenizer, s.mesh,
-                                               workdir=workdir if done == num_steps else None)
+        eval_metrics = evaluators.evaluate(lambda b: predict_fn(params, rest, b), config, tokenizer, s.mesh,
+                                           workdir=workdir if done == num_steps else None)
         flat = eval_common.flatten(eval_metrics)
         writer.write_scalars(done, {f"eval/{k}": v for k, v in flat.items()})
         jsonl.write(done, {f"eval/{k}": v for k, v in flat.items()})

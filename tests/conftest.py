@@ -51,7 +51,8 @@ def compilation_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared_mixture(tmp_path_factory) -> pathlib.Path:
   """A data_dir holding a prepared detection dataset `det` (COCO json: 3 non-contiguous categories, 6 images)
-  and a prepared grounding dataset `gnd` (MDETR json: 4 captions), written here in the real formats."""
+  and a prepared grounding dataset `gnd` (MDETR json: 4 captions), written here in the real formats, each as
+  its train and validation split."""
   import json
 
   import numpy as np
@@ -74,6 +75,7 @@ def prepared_mixture(tmp_path_factory) -> pathlib.Path:
       images=[dict(id=i, file_name=f"{i}.jpg", caption=c) for i, c in enumerate(caps)],
       annotations=[dict(id=i, image_id=i, bbox=[2, 2, 20, 20], tokens_positive=s) for i, s in enumerate(spans)],
       categories=[dict(id=1, name="object")])))
-  prepare("coco", str(root / "det.json"), str(root / "im"), "det", str(root / "tfds"))
-  prepare("mdetr", str(root / "gnd.json"), str(root / "im"), "gnd", str(root / "tfds"))
+  for split in ("train", "validation"):  # the same files as both splits: evaluation is tested, not generalisation
+    prepare("coco", str(root / "det.json"), str(root / "im"), "det", str(root / "tfds"), split=split)
+    prepare("mdetr", str(root / "gnd.json"), str(root / "im"), "gnd", str(root / "tfds"), split=split)
   return root / "tfds"

@@ -40,7 +40,7 @@ def test_every_kind_is_one_word_pair_and_all_15_fit_one_prompt(data):
 def test_detection_prompts_list_every_present_kind_plus_negatives_and_distractors(data):
   cfg, tok = data
   names = synthetic.category_names()
-  records = synthetic_eval.load_records(cfg, "train")
+  records = common.load_records(cfg, "train")
   hard = 0
   for n, record in enumerate(records.values()):
     rng = np.random.default_rng(n)
@@ -86,7 +86,7 @@ def test_training_batches_mix_detection_prompts_and_captions(data):
 def test_train_and_validation_never_share_an_image(data):
   cfg, _ = data
   digest = lambda split: {hashlib.sha1(r["image"].tobytes()).hexdigest()
-                          for r in synthetic_eval.load_records(cfg, split).values()}
+                          for r in common.load_records(cfg, split, with_images=True).values()}
   train, validation = digest("train"), digest("validation")
   assert len(train) == 32 and len(validation) == 8 and not train & validation
 
@@ -127,9 +127,9 @@ def _oracle(records, protocol, *, reads_text: bool) -> dict:
 
 def test_the_evaluation_fails_a_detector_that_ignores_the_text(data):
   cfg, tok = data
-  records = synthetic_eval.load_records(cfg, "train")
+  records = common.load_records(cfg, "train")
   table = synthetic_eval.protocols(tok, MAX_LEN, MAX_PHRASES)
-  ap50 = {reads: {name: synthetic_eval.score(p, records, _oracle(records, p, reads_text=reads))["AP50"]
+  ap50 = {reads: {name: common.score(p, records, _oracle(records, p, reads_text=reads))["AP50"]
                   for name, p in table.items()} for reads in (True, False)}
   reader, blind = ap50[True], ap50[False]
   assert reader["detection"] > 0.99 and reader["grounding"] > 0.99

@@ -110,7 +110,8 @@ def test_global_batches_do_not_depend_on_the_process_count(data_dir, tmp_path):
       np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole_batch[key])
   ids = np.concatenate([b["image_id"][b["valid"]] for b in evals[0]])
   source, transform = pipeline.eval_dataset(cfg).source, pipeline._Transform(cfg, tok, 24, train=False)
-  decodable = [int(source[i]["image_id"]) for i in range(len(source)) if transform(source[i]) is not None]
+  decodable = [int(source[i]["image_id"]) for i in range(len(source))
+               if transform(source[i], None, cfg.eval_short_side, tuple(cfg.canvas)) is not None]
   assert sorted(ids) == sorted(decodable) and len(decodable) > 4
 
 

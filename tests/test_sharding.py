@@ -140,21 +140,25 @@ def small_config(shape=(-1, 1, 1)):
 
 
 def synthetic_batch(config) -> dict:
+  """A batch in the pipeline's layout (glipjax/data/batch.py), prompts of random lengths, 1..4 boxes each."""
+  from glipjax.data.batch import BatchSpec
   rng = np.random.default_rng(0)
   b, t, g = config.train.global_batch_size, config.model.max_query_len, 4
-  h, w = config.data.canvas
+  spec = BatchSpec(tuple(config.data.canvas), g, config.data.max_phrases, t)
+  batch = spec.zeros(b)
   lengths = rng.integers(6, t + 1, b)
   attention_mask = (np.arange(t) < lengths[:, None]).astype(np.int32)
   xy = rng.uniform(0, 40, (b, g, 2))
-  boxes = np.concatenate([xy, xy + rng.uniform(8, 24, (b, g, 2))], -1).astype(np.float32)
-  positive_map = np.zeros((b, g, t), np.float32)
   for i in range(b):
     for j in range(g):
-      positive_map[i, j, 1 + j % (lengths[i] - 2)] = 1.0
+      batch["positive_map"][i, j, 1 + j % (lengths[i] - 2)] = 1.0
   input_ids = rng.integers(1, config.model.language.vocab_size, (b, t)) * attention_mask
-  return dict(image=rng.normal(size=(b, h, w, 3)).astype(np.float32), input_ids=input_ids.astype(np.int32),
-              attention_mask=attention_mask, boxes=boxes, positive_map=positive_map,
-              box_mask=np.arange(g)[None] < rng.integers(1, g + 1, (b, 1)))
+  batch.update(image=rng.integers(0, 256, (b, *spec.canvas, 3), dtype=np.uint8),
+               image_hw=np.broadcast_to(np.int32(spec.canvas), (b, 2)).copy(), input_ids=input_ids.astype(np.int32),
+               attention_mask=attention_mask,
+               boxes=np.concatenate([xy, xy + rng.uniform(8, 24, (b, g, 2))], -1).astype(np.float32),
+               box_mask=np.arange(g)[None] < rng.integers(1, g + 1, (b, 1)))
+  return batch
 
 
 def flat(tree) -> dict:

@@ -129,6 +129,22 @@ def test_evaluate_writes_metrics_pictures_and_predict_works(full_run, data_dir, 
   assert all(1 <= p["category_id"] <= 15 for p in predictions)  # the detection protocol's kinds
   assert final["steps"] == 6 and final["wall_seconds"] > 0
 
+  # The same checkpoint on the prepared datasets of its mixture: COCO AP of the detection prompts (all
+  # categories, the file's own ids in predictions.json) and of the grounding captions.
+  for source, name in (("det", "detection"), ("gnd", "grounding")):
+    out = tmp_path / source
+    out.mkdir()
+    on_source = config_utils.apply_overrides(config, {"data.eval_source": source})
+    with jax.set_mesh(setup.mesh):
+      got = evaluate.evaluate(on_source, setup.graphdef, params, rest, runtime.prepare_tokenizer(config, workdir),
+                              mesh=setup.mesh, workdir=out)
+    assert set(got) == {name} and set(common.METRIC_NAMES) <= set(got[name])
+    assert all(0.0 <= v <= 1.0 for v in got[name].values())
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert predictions and {p["category_id"] for p in predictions} <= ({3, 7, 9} if source == "det" else
+                                                                       set(range(1, 7)))
+    assert list((out / "pictures").glob(f"{name}_*.png"))
+
   image = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)  # odd size: resized + padded
   from PIL import Image
   Image.fromarray(image).save(tmp_path / "img.png")

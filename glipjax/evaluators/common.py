@@ -1,11 +1,12 @@
 """What every evaluator shares: the jitted model + post-processing, the dataset-wide predict loop (correct on any
-number of processes), COCO AP with pycocotools, and pictures."""
+number of processes), protocols (prompts + ground truth) scored by COCO AP with pycocotools, and pictures."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -15,7 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from glipjax import distributed, runtime, sharding, visualize
-from glipjax.data import pipeline
+from glipjax.data import pipeline, prompting, records as data_records, transforms
 from glipjax.data.batch import MODEL_INPUTS, model_images
 from glipjax.ops.postprocess import postprocess
 
@@ -62,6 +63,81 @@ def predict_split(predict, config, tokenizer, mesh, *, prompter, split: str = "v
           category_ids=meta["phrase_categories"][i][labels - 1])
 
 
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """How to prompt an evaluation split and what counts as ground truth."""
+  name: str
+  prompters: Sequence[Callable]  # one per prompt chunk: record -> prompting.Prompt
+  category_ids: Sequence[int]
+  detection: bool                # ground truth: every box under its category (else the caption's phrases)
+
+
+def category_prompters(names: Sequence[str], tokenizer, max_query_len: int, max_phrases: int,
+                       shown: Callable[[int], str] | None = None) -> list[Callable]:
+  """Detection prompts naming every category (ids 1..K), in as many chunks as the query length and
+  `max_phrases` need, GLIP's way of evaluating a long category list; `shown(i)` replaces category i's name."""
+  chunks = prompting.chunks_that_fit(names, tokenizer, max_query_len)
+  chunks = [c[i:i + max_phrases] for c in chunks for i in range(0, len(c), max_phrases)]
+
+  def make(chunk):
+    ids, words = [i + 1 for i in chunk], [shown(i) if shown else names[i] for i in chunk]
+    return lambda record: prompting.category_prompt(record["labels"], ids, words)
+  return [make(c) for c in chunks]
+
+
+def load_records(data_cfg, split: str = "validation", *, with_images: bool = False) -> dict[int, dict]:
+  """The evaluated split's canonical records by image id, boxes validated as the pipeline validates them: the
+  ground truth. Each keeps its `index` in the split and its `image_hw`; the decoded image only `with_images`
+  (re-read one with `record_image`)."""
+  source = pipeline.eval_dataset(data_cfg, split).source
+  out = {}
+  for i in range(len(source)):
+    r = data_records.decode(source[i])
+    r["boxes"], (r["labels"], r["box_phrase"], r["iscrowd"]), _ = transforms.sanitize_boxes(
+        r["boxes"], r["image"].shape[:2], r["labels"], r["box_phrase"], r["iscrowd"])
+    r["index"], r["image_hw"] = i, r["image"].shape[:2]
+    if not with_images:
+      del r["image"]
+    out[r["image_id"]] = r
+  return out
+
+
+def record_image(data_cfg, record: dict, split: str = "validation") -> np.ndarray:
+  return np.asarray(pipeline.eval_dataset(data_cfg, split).source[record["index"]]["image"])
+
+
+def ground_truth(protocol: Protocol, records: dict[int, dict]) -> dict:
+  boxes = {}
+  for image_id, r in records.items():
+    if protocol.detection:  # crowd regions: ignored, neither matched nor missed
+      boxes[image_id] = (r["boxes"], r["labels"], r["iscrowd"])
+    else:
+      named = r["box_phrase"] >= 0
+      boxes[image_id] = (r["boxes"][named], r["box_phrase"][named] + 1, r["iscrowd"][named])
+  images = [dict(id=i, height=int(r["image_hw"][0]), width=int(r["image_hw"][1])) for i, r in records.items()]
+  return coco_ground_truth(images, boxes, protocol.category_ids)
+
+
+def score(protocol: Protocol, records: dict[int, dict], detections: dict[int, dict]) -> dict[str, float]:
+  """COCO metrics of per-image detections ({image_id: boxes/scores/category_ids}) under `protocol`."""
+  results = [r for image_id, det in detections.items() for r in coco_results(image_id, det)]
+  return coco_metrics(ground_truth(protocol, records), results)
+
+
+def run(predict, config, tokenizer, mesh, protocols: Sequence[Protocol], records: dict) -> tuple[dict, dict]:
+  """Runs `protocols` with `predict(global batch) -> detections`. Returns (metrics by protocol, detections by
+  protocol {image_id: detections}), each image's chunks merged."""
+  metrics, detections = {}, {}
+  for protocol in protocols:
+    per_image: dict[int, list] = {}
+    for prompter in protocol.prompters:
+      for image_id, det in predict_split(predict, config, tokenizer, mesh, prompter=prompter):
+        per_image.setdefault(image_id, []).append(det)
+    detections[protocol.name] = {i: merge_top(d, config.eval.detections_per_img) for i, d in per_image.items()}
+    metrics[protocol.name] = score(protocol, records, detections[protocol.name])
+  return metrics, detections
+
+
 def merge_top(dets: list[dict], k: int) -> dict:
   """Detections of one image from several prompt chunks: concatenated, best `k` by score (GLIP's merge)."""
   merged = {key: np.concatenate([d[key] for d in dets]) for key in dets[0]}
@@ -77,13 +153,15 @@ def coco_results(image_id: int, det: dict) -> list[dict]:
 
 
 def coco_ground_truth(images: list[dict], boxes_by_image: dict, category_ids) -> dict:
-  """A COCO ground-truth dict from xyxy (pixel-inclusive) boxes per image: {image_id: (boxes, category_ids)}."""
+  """A COCO ground-truth dict from xyxy (pixel-inclusive) boxes per image: {image_id: (boxes, category_ids[,
+  iscrowd])}."""
   annotations = []
-  for image_id, (boxes, cats) in boxes_by_image.items():
-    for (x1, y1, x2, y2), c in zip(np.asarray(boxes).reshape(-1, 4), cats):
+  for image_id, (boxes, cats, *crowd) in boxes_by_image.items():
+    crowd = crowd[0] if crowd else np.zeros(len(cats), bool)
+    for (x1, y1, x2, y2), c, is_crowd in zip(np.asarray(boxes).reshape(-1, 4), cats, crowd):
       w, h = float(x2 - x1 + 1), float(y2 - y1 + 1)
-      annotations.append(dict(id=len(annotations) + 1, image_id=int(image_id), category_id=int(c), iscrowd=0,
-                              bbox=[float(x1), float(y1), w, h], area=w * h))
+      annotations.append(dict(id=len(annotations) + 1, image_id=int(image_id), category_id=int(c),
+                              iscrowd=int(bool(is_crowd)), bbox=[float(x1), float(y1), w, h], area=w * h))
   return dict(images=images, annotations=annotations, categories=[dict(id=int(c)) for c in category_ids])
 
 
