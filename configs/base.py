@@ -19,7 +19,7 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
   # Multi-scale training on static shapes (glipjax/data/buckets.py): each batch draws one of `train_short_sides`
   # and holds images of one `aspect_buckets` canvas shape (width / height), so a run compiles
   # len(train_short_sides) * len(aspect_buckets) train steps. With these, 8 shapes and about 9% padding on
-  # COCO-like images (benchmarks/padding.py) against 67% on one 1344x1344 canvas. Empty `aspect_buckets`: every
+  # COCO-like images (benchmarks/padding.py) against 68% on one 1344x1344 canvas. Empty `aspect_buckets`: every
   # batch on `canvas`, a scale drawn per image.
   c.data = ml_collections.ConfigDict(dict(
       sources=(("synthetic_grounding", 1.0),), eval_source="", data_dir="runs/tfds",
