@@ -225,3 +225,24 @@ def test_sigterm_saves_and_exits_cleanly_and_profiles_on_demand(data_dir, tmp_pa
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert final["preempted"] and saved == [final["steps"]] and final["steps"] == max(losses(workdir))
   assert any((workdir / "profile").rglob("*.xplane.pb"))
+
+
+@pytest.mark.slow
+def test_bucketed_multi_scale_training_runs_on_two_canvases_and_evaluates(data_dir, tmp_path):
+  """Aspect-ratio buckets end to end: the trainer meets two canvas shapes (two scales of the landscape bucket),
+  compiles a step for each, trains, and evaluates the prepared detection dataset on its bucket's canvas."""
+  from glipjax.data import pipeline
+  from glipjax.data.buckets import Buckets
+  from glipjax.evaluators import common
+  config = small_config(data_dir, **{
+      "data.sources": (("det", 1.0), ("gnd", 1.0)), "data.eval_source": "det", "data.aspect_buckets": (0.75, 1.333),
+      "data.train_short_sides": (32, 64), "data.max_size": 96, "data.eval_short_side": 48, "train.num_steps": 4,
+      "train.checkpoint_every": 4, "train.eval_every": 4})
+  workdir = tmp_path / "run"
+  final = trainer.train_and_evaluate(config, workdir, progress=False)
+  assert final["steps"] == 4 and np.isfinite(list(losses(workdir).values())).all()
+  assert set(common.METRIC_NAMES) <= set(final["detection"])
+  it = pipeline.make_pipeline(config.data, "train", runtime.prepare_tokenizer(config, workdir),
+                              global_batch_size=4, train=True, seed=config.seed, max_query_len=48)
+  shapes = {next(it)["image"].shape[1:3] for _ in range(4)}
+  assert len(shapes) == 2 and shapes <= set(Buckets.from_config(config.data).train_shapes())
