@@ -38,33 +38,67 @@ def _data_restore_args(mngr: ocp.CheckpointManager, step: int, data_iter) -> dic
   return {}
 
 
-def restore_latest(mngr: ocp.CheckpointManager, s: Setup, data_iter=None):
-  """Restores the newest checkpoint that reads back intact; a corrupt one is reported and the previous one used."""
-  target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), s.abstract_state,
-                        s.state_shardings)
+def _newest_readable(mngr: ocp.CheckpointManager, restore):
+  """(step, restore(step)) of the newest checkpoint that reads back intact: a corrupt one is reported and the one
+  before it tried. (None, None) when none does."""
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      items = dict(state=ocp.args.StandardRestore(target))
-      if data_iter is not None:
-        items.update(_data_restore_args(mngr, step, data_iter))
-      state = mngr.restore(step, args=ocp.args.Composite(**items))["state"]
-      if data_iter is not None and "data" not in items:
-        data_iter.set_state(dict(data_iter.get_state(), next_index=step))
-      return step, state
+      return step, restore(step)
     except Exception as e:  # noqa: BLE001 - any failure to read a checkpoint means: fall back to an older one
       logging.error("checkpoint at step %d is unreadable (%s: %s); trying the previous one", step,
                     type(e).__name__, e)
   return None, None
 
 
-def restore_for_inference(s: Setup, workdir: pathlib.Path):
-  """(step, params, rest) of the newest readable checkpoint: EMA params when the run keeps them. Call under
-  `jax.set_mesh(s.mesh)`."""
-  step, state = restore_latest(checkpoint_manager(workdir, s.config), s)
-  if state is None:
+def _sharded(abstract, shardings):
+  return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, shardings)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, s: Setup, data_iter=None):
+  """Restores the train state (and `data_iter`) of the newest intact checkpoint."""
+  target = _sharded(s.abstract_state, s.state_shardings)
+
+  def restore(step):
+    items = dict(state=ocp.args.StandardRestore(target))
+    if data_iter is not None:
+      items.update(_data_restore_args(mngr, step, data_iter))
+    state = mngr.restore(step, args=ocp.args.Composite(**items))["state"]
+    if data_iter is not None and "data" not in items:
+      data_iter.set_state(dict(data_iter.get_state(), next_index=step))
+    return state
+
+  return _newest_readable(mngr, restore)
+
+
+def restore_params(s: Setup, workdir: pathlib.Path, step: int | None = None):
+  """(step, params) for inference: the EMA parameters when the run keeps them, else the parameters, of the
+  newest intact checkpoint (or of `step`), read alone — not the optimizer moments, and no state initialised.
+  Call under `jax.set_mesh(s.mesh)`."""
+  mngr = checkpoint_manager(workdir, s.config)
+  key = "ema" if "ema" in s.abstract_state else "params"
+  target = {key: _sharded(s.abstract_state[key], s.state_shardings[key])}
+
+  def restore(at):
+    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    return mngr.restore(at, args=ocp.args.Composite(state=args))["state"][key]
+
+  if step is not None:
+    if step not in mngr.all_steps():
+      raise FileNotFoundError(f"no checkpoint of step {step} under {workdir / 'checkpoints'} (it has: "
+                              f"{', '.join(map(str, mngr.all_steps())) or 'none'})")
+    return step, restore(step)
+  found, params = _newest_readable(mngr, restore)
+  if params is None:
     raise FileNotFoundError(f"no readable checkpoint under {workdir / 'checkpoints'}")
-  _, rest = s.init()
-  return step, state.get("ema", state["params"]), rest
+  return found, params
+
+
+def restore_for_inference(s: Setup, workdir: pathlib.Path):
+  """(step, params, rest) of the newest readable checkpoint (see `restore_params`), with the model's
+  non-parameter state. Call under `jax.set_mesh(s.mesh)`."""
+  step, params = restore_params(s, workdir)
+  return step, params, s.init_rest()
 
 
 def best_checkpoint_manager(workdir: pathlib.Path, cfg) -> ocp.CheckpointManager | None:

@@ -27,17 +27,15 @@ def evaluate(config, graphdef, params, rest, tokenizer, *, mesh, workdir=None) -
 
 def main(argv):
   del argv
-  from glipjax import checkpoints, config_utils, distributed, runtime
+  from glipjax import distributed, runtime
+  from glipjax.predictor import Predictor
   distributed.initialize_from_flags()  # before any device use
   workdir = pathlib.Path(flags.FLAGS.workdir)
-  config = config_utils.load_workdir_config(workdir)
-  s = runtime.build(config)
-  tokenizer = runtime.prepare_tokenizer(config, workdir)
-  with jax.set_mesh(s.mesh):
-    step, params, rest = checkpoints.restore_for_inference(s, workdir)
-    metrics = evaluate(config, s.graphdef, params, rest, tokenizer, mesh=s.mesh,
-                       workdir=workdir)
-  print(json.dumps(dict(metrics, step=int(step)), indent=2))
+  predictor = Predictor(workdir)
+  tokenizer = runtime.prepare_tokenizer(predictor.config, workdir)
+  with predictor.context():
+    metrics = evaluators.evaluate(predictor, predictor.config, tokenizer, predictor.mesh, workdir=workdir)
+  print(json.dumps(dict(metrics, step=int(predictor.step)), indent=2))
 
 
 if __name__ == "__main__":

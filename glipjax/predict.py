@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 import glipjax  # noqa: F401
-from glipjax import checkpoints, config_utils, runtime, sharding, visualize
+from glipjax import runtime, sharding, visualize
 from glipjax.data import pipeline, transforms
 from glipjax.data.batch import MODEL_INPUTS, BatchSpec
-from glipjax.evaluators import common
+from glipjax.predictor import Predictor
 from glipjax.ops.postprocess import to_coco_results
 
 
@@ -47,9 +47,9 @@ def load_image(path: str) -> np.ndarray:
 def predict(workdir: str | pathlib.Path, image: np.ndarray, prompt: str, *, score_thresh: float | None = None):
   """Returns (detections list of dicts in original-image pixels, PIL picture)."""
   workdir = pathlib.Path(workdir)
-  config = config_utils.load_workdir_config(workdir)
   text, phrases, spans = split_prompt(prompt)
-  s = runtime.build(config)
+  predictor = Predictor(workdir)
+  config = predictor.config
   tokenizer = runtime.prepare_tokenizer(config, workdir)
   c = config.data
   # Any size works: the image is resized onto the canvas evaluation would give it and the rest padded.
@@ -63,10 +63,8 @@ def predict(workdir: str | pathlib.Path, image: np.ndarray, prompt: str, *, scor
                                       allow_empty=True)
   batch = {k: example[k][None] for k in MODEL_INPUTS}
   h, w = resized.shape[:2]
-  with jax.set_mesh(s.mesh):
-    _, params, rest = checkpoints.restore_for_inference(s, workdir)
-    fn = common.make_predict_fn(s.graphdef, config)
-    dets = jax.tree.map(np.asarray, fn(params, rest, sharding.global_batch(batch, sharding.replicated(s.mesh))))
+  with predictor.context():
+    dets = jax.tree.map(np.asarray, predictor(sharding.global_batch(batch, sharding.replicated(predictor.mesh))))
   scales = np.array([[image.shape[0] / h, image.shape[1] / w]])
   results = to_coco_results(dets, [0], scales)
   thresh = config.eval.picture_score_thresh if score_thresh is None else score_thresh

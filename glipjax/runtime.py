@@ -35,6 +35,7 @@ class Setup:
   state_shardings: Any
   rest_shardings: Any
   init: Any            # jitted () -> (state, rest)
+  init_rest: Any       # jitted () -> rest alone (dropout RNG state...): XLA drops the unused parameter init
 
   def anchors_for(self, image_hw) -> tuple[np.ndarray, tuple[int, ...]]:
     """(anchors [A, 4], per-level counts) of a canvas (H, W): a batch's own, one per static input shape."""
@@ -80,4 +81,5 @@ def build(config) -> Setup:
   state_shardings = sharding.param_shardings(abstract_state, mesh, rules)
   rest_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract_rest)
   init_fn = jax.jit(init, out_shardings=(state_shardings, rest_shardings))
-  return Setup(config, mesh, graphdef, tx, abstract_state, state_shardings, rest_shardings, init_fn)
+  init_rest = jax.jit(lambda: nnx.split(new_model(), nnx.Param, ...)[2], out_shardings=rest_shardings)
+  return Setup(config, mesh, graphdef, tx, abstract_state, state_shardings, rest_shardings, init_fn, init_rest)

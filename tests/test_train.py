@@ -79,6 +79,15 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(full_run, data_dir, t
   setup = runtime.build(config)
   step, state = checkpoints.restore_latest(checkpoints.checkpoint_manager(workdir, config), setup)
   assert step == 3 and int(state["step"]) == 3
+  # Inference reads the parameters alone, with the same fallback, and gets the train state's parameters.
+  import jax
+  with jax.set_mesh(setup.mesh):
+    step, params = checkpoints.restore_params(setup, workdir)
+  assert step == 3
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(state["params"]), strict=True):
+    np.testing.assert_array_equal(got, want)
+  with pytest.raises(FileNotFoundError, match="no checkpoint of step 5"):
+    checkpoints.restore_params(setup, workdir, step=5)
 
 
 def test_loss_falls_when_fitting_one_batch(data_dir, tmp_path):
