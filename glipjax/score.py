@@ -14,9 +14,10 @@ import json
 import pathlib
 import sys
 
-from glipjax.evaluators import coco
+from glipjax.evaluators import coco, refcoco
+from glipjax.evaluators.files import ScoreError
 
-PROTOCOLS = {"coco": coco.score_files}
+PROTOCOLS = {"coco": coco.score_files, "refcoco": refcoco.score_files}
 
 
 def main(argv=None) -> int:
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   try:
     metrics = PROTOCOLS[args.protocol](args.annotations, args.results)
-  except coco.ScoreError as e:
+  except ScoreError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   text = json.dumps(metrics)

@@ -54,3 +54,20 @@ def test_unscorable_files_are_one_line_errors(files):
   (files / "res.json").write_text("[{")
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
   assert out.returncode == 2 and "malformed JSON" in out.stderr
+
+
+def test_a_custom_annotation_file_without_area_or_crowd_flags_is_scored(files, capsys):
+  gt = json.loads((files / "gt.json").read_text())
+  for a in gt["annotations"]:
+    del a["area"], a["id"]
+  gt["annotations"] = [dict(a, iscrowd=0) if a["iscrowd"] == 0 else a for a in gt["annotations"]]
+  del gt["annotations"][0]["iscrowd"]
+  (files / "gt.json").write_text(json.dumps(gt))
+  exact = [dict(image_id=10, category_id=3, bbox=[10, 10, 30, 20], score=0.9),
+           dict(image_id=11, category_id=7, bbox=[50, 20, 40, 40], score=0.8)]
+  assert _run(files, exact) == 0 and json.loads(capsys.readouterr().out)["AP"] == pytest.approx(1.0)
+  gt["annotations"][1]["image_id"] = 55
+  (files / "gt.json").write_text(json.dumps(gt))
+  with pytest.raises(Exception, match=r"annotations\[1\] names image_id 55"):
+    from glipjax.evaluators import coco
+    coco.score_files(files / "gt.json", files / "res.json")

@@ -100,6 +100,7 @@ def test_coco_records_keep_boxes_labels_crowds_and_original_ids(coco_files, tmp_
   assert counts["images skipped: unreadable or truncated image"] == 1
   assert any("missing.jpg" in e for e in stats["examples"]["images skipped: missing file"])
   assert ds.statistics["counts"] == counts  # stored in the dataset's metadata
+  assert ds.annotations == stats["annotations"] == str(path.absolute())  # evaluators score against this file
 
 
 def test_images_are_converted_to_8bit_rgb_with_exif_orientation(coco_files, tmp_path):

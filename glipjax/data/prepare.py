@@ -29,9 +29,11 @@ def prepare(fmt: str, annotations: str, images: str, name: str, data_dir: str, s
   if fmt == "lvis":
     kwargs["lvis"] = True
   categories, stored = sources.reader(fmt).read(annotations, images, **kwargs)
-  directory = sources.write(name, split, data_dir, fmt, categories, stored, stats, overwrite=overwrite)
+  directory = sources.write(name, split, data_dir, fmt, categories, stored, stats, overwrite=overwrite,
+                            annotations=annotations)
   prepared = sources.open_dataset(data_dir, name, split)
-  return dict(directory=str(directory), categories=len(categories), **prepared.statistics)
+  return dict(directory=str(directory), annotations=prepared.annotations, categories=len(categories),
+              **prepared.statistics)
 
 
 def format_statistics(stats: dict) -> str:

@@ -3,23 +3,10 @@ ground truth as the file has it (crowd regions, official areas, every box), on a
 `[{image_id, category_id, bbox: [x, y, w, h], score}]` in the file's own ids and original image pixels."""
 from __future__ import annotations
 
-import json
 import pathlib
 
 from glipjax.evaluators.common import coco_metrics
-
-
-class ScoreError(ValueError):
-  """A results or annotation file that cannot be scored: the message names the file and the record."""
-
-
-def _load(path: pathlib.Path, what: str):
-  try:
-    return json.loads(path.read_text(encoding="utf-8"))
-  except FileNotFoundError as e:
-    raise ScoreError(f"{what} file {path} does not exist") from e
-  except json.JSONDecodeError as e:
-    raise ScoreError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+from glipjax.evaluators.files import ScoreError, load_json
 
 
 def check_results(results, gt: dict, path: pathlib.Path) -> list[dict]:
@@ -42,11 +29,30 @@ def check_results(results, gt: dict, path: pathlib.Path) -> list[dict]:
   return results
 
 
+def check_ground_truth(gt, path: pathlib.Path) -> dict:
+  """A COCO annotation dict as COCOeval needs it (each annotation's `iscrowd`, `area` and `id` filled in when a
+  custom file leaves them out), or a ScoreError naming the first bad annotation."""
+  if not isinstance(gt, dict) or not {"images", "annotations", "categories"} <= set(gt):
+    raise ScoreError(f"{path}: a COCO annotation file has images, annotations and categories")
+  images = {im.get("id") for im in gt["images"] if isinstance(im, dict)}
+  ids = {a.get("id") for a in gt["annotations"] if isinstance(a, dict)}
+  next_id = max([i for i in ids if isinstance(i, int)], default=0) + 1
+  for n, a in enumerate(gt["annotations"]):
+    box = a.get("bbox") if isinstance(a, dict) else None
+    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+      raise ScoreError(f"{path}: annotations[{n}] has bbox {box!r}; expected [x, y, width, height]")
+    if a.get("image_id") not in images:
+      raise ScoreError(f"{path}: annotations[{n}] names image_id {a.get('image_id')!r}, which its images lack")
+    a.setdefault("iscrowd", 0)
+    a.setdefault("area", float(box[2] * box[3]))
+    if a.get("id") is None:
+      a["id"], next_id = next_id, next_id + 1
+  return gt
+
+
 def score_files(annotations: str | pathlib.Path, results: str | pathlib.Path) -> dict[str, float]:
   """COCO metrics (AP, AP50, AP75, APs, APm, APl; pycocotools' -1 for an empty area range reported as 0) of a
   results file against an annotation file."""
   annotations, results = pathlib.Path(annotations), pathlib.Path(results)
-  gt = _load(annotations, "annotation")
-  if not isinstance(gt, dict) or not {"images", "annotations", "categories"} <= set(gt):
-    raise ScoreError(f"{annotations}: a COCO annotation file has images, annotations and categories")
-  return coco_metrics(gt, check_results(_load(results, "results"), gt, results))
+  gt = check_ground_truth(load_json(annotations, "annotation"), annotations)
+  return coco_metrics(gt, check_results(load_json(results, "results"), gt, results))

@@ -76,6 +76,7 @@ class Dataset:
   kind: str            # 'detection', 'grounding', 'captions' or 'synthetic'
   statistics: dict
   directory: pathlib.Path | None = None  # the prepared version directory
+  annotations: str = ""  # the annotation file it was prepared from (absolute; evaluators score against it)
 
   @property
   def category_names(self) -> list[str]:
@@ -179,7 +180,8 @@ def split_dir(data_dir: str | pathlib.Path, name: str, split: str) -> pathlib.Pa
 
 
 def write(name: str, split: str, data_dir: str | pathlib.Path, fmt: str, categories: list[Category],
-          stored: Iterable[dict], stats: Stats, *, overwrite: bool = False) -> pathlib.Path:
+          stored: Iterable[dict], stats: Stats, *, overwrite: bool = False,
+          annotations: str | pathlib.Path = "") -> pathlib.Path:
   """Stores `stored` records as the TFDS dataset `name`/`split`; returns its directory."""
   if split not in SPLITS:
     raise PrepareError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -191,7 +193,8 @@ def write(name: str, split: str, data_dir: str | pathlib.Path, fmt: str, categor
       raise PrepareError(f"{target / VERSION} already exists; pass --overwrite to prepare it again")
     shutil.rmtree(target / VERSION)
   metadata = tfds.core.MetadataDict(
-      format=fmt, kind=_kind(fmt), categories=[dataclasses.asdict(c) for c in categories])
+      format=fmt, kind=_kind(fmt), categories=[dataclasses.asdict(c) for c in categories],
+      annotations=str(pathlib.Path(annotations).expanduser().absolute()) if annotations else "")
   totals = collections.Counter()
   sizes: list[tuple[int, int]] = []
 
@@ -242,4 +245,4 @@ def open_dataset(data_dir: str | pathlib.Path, name: str, split: str) -> Dataset
   meta = builder.info.metadata or {}
   cats = [Category(int(c["id"]), str(c["name"]), str(c.get("frequency", ""))) for c in meta.get("categories", [])]
   return Dataset(name, split, builder.as_data_source(split=split), cats, str(meta.get("kind", "detection")),
-                 dict(meta.get("statistics", {})), pathlib.Path(builder.data_dir))
+                 dict(meta.get("statistics", {})), pathlib.Path(builder.data_dir), str(meta.get("annotations", "")))
