@@ -47,9 +47,16 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
       profile_start_step=-1,         # >= 0: write a profiler trace of `profile_num_steps` steps from this step
       profile_num_steps=3))          # (touching <workdir>/PROFILE also starts one, at the next log step)
 
+  # `benchmarks`: the papers' protocols run at every evaluation besides the eval_source's own (glipjax/evaluators/
+  # benchmark.py), each (dataset, protocol[, split]) or a dict with `annotations` / `flickr_entities`, e.g.
+  # (("lvis_minival", "lvis"),); logged as "<dataset>/<metric>", which `checkpoint.best_metric` may name. LVIS:
+  # the categories prompted in chunks of 40, 300 detections per image (GLIP's), or fixed AP (no per-image cap,
+  # `lvis_max_dets_per_category` over the split). Flickr30k: "merged boxes" mode (one union box per phrase).
   c.eval = ml_collections.ConfigDict(dict(
       global_batch_size=8, pre_nms_thresh=0.05, pre_nms_top_n=1000, nms_thresh=0.6, detections_per_img=100,
-      num_pictures=8, picture_score_thresh=0.3))
+      num_pictures=8, picture_score_thresh=0.3, benchmarks=(),
+      lvis_categories_per_prompt=40, lvis_detections_per_img=300, lvis_fixed_ap=False,
+      lvis_max_dets_per_category=10_000, flickr_merge_boxes=False))
 
   # keep the newest `max_to_keep`; with `best_metric` (an eval metric, e.g. "detection/AP") also the best parameters so far
   # in <workdir>/best. SIGTERM (preemption) saves at the next step and exits cleanly.

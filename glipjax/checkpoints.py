@@ -70,27 +70,48 @@ def restore_latest(mngr: ocp.CheckpointManager, s: Setup, data_iter=None):
   return _newest_readable(mngr, restore)
 
 
-def restore_params(s: Setup, workdir: pathlib.Path, step: int | None = None):
+def checkpoint_location(workdir: pathlib.Path, checkpoint: str | pathlib.Path | None = None,
+                        step: int | None = None) -> tuple[pathlib.Path, int | None]:
+  """(checkpoints folder, step) that inference reads: `checkpoint` is a checkpoints folder (<run>/checkpoints,
+  <run>/best, another run's) or one step of one (<run>/checkpoints/5000); default <workdir>/checkpoints."""
+  if checkpoint is None:
+    return (workdir / "checkpoints").absolute(), step
+  path = pathlib.Path(checkpoint).expanduser().absolute()
+  if not path.is_dir():
+    raise FileNotFoundError(f"checkpoint {path} does not exist")
+  if path.name.isdigit() and any((path / item).is_dir() for item in ("state", "params")):
+    return path.parent, int(path.name)
+  return path, step
+
+
+def restore_params(s: Setup, workdir: pathlib.Path, step: int | None = None, *,
+                   checkpoint: str | pathlib.Path | None = None):
   """(step, params) for inference: the EMA parameters when the run keeps them, else the parameters, of the
-  newest intact checkpoint (or of `step`), read alone — not the optimizer moments, and no state initialised.
-  Call under `jax.set_mesh(s.mesh)`."""
-  mngr = checkpoint_manager(workdir, s.config)
+  newest intact checkpoint (or of `step`) of `checkpoint_location(workdir, checkpoint)`, read alone — not the
+  optimizer moments, and no state initialised. Reads train-state checkpoints and the best-parameters ones
+  (<run>/best) alike. Call under `jax.set_mesh(s.mesh)`."""
+  directory, step = checkpoint_location(workdir, checkpoint, step)
+  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_names=("state", "data", "params"))
   key = "ema" if "ema" in s.abstract_state else "params"
-  target = {key: _sharded(s.abstract_state[key], s.state_shardings[key])}
+  target = _sharded(s.abstract_state[key], s.state_shardings[key])
 
   def restore(at):
-    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=True)
+    if (directory / str(at) / "params").is_dir():  # <run>/best: the evaluated parameters alone
+      args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+      return mngr.restore(at, args=ocp.args.Composite(params=args))["params"]
+    args = ocp.args.PyTreeRestore(item={key: target}, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args({key: target}))
     return mngr.restore(at, args=ocp.args.Composite(state=args))["state"][key]
 
   if step is not None:
     if step not in mngr.all_steps():
-      raise FileNotFoundError(f"no checkpoint of step {step} under {workdir / 'checkpoints'} (it has: "
+      raise FileNotFoundError(f"no checkpoint of step {step} under {directory} (it has: "
                               f"{', '.join(map(str, mngr.all_steps())) or 'none'})")
     return step, restore(step)
   found, params = _newest_readable(mngr, restore)
   if params is None:
-    raise FileNotFoundError(f"no readable checkpoint under {workdir / 'checkpoints'}")
+    raise FileNotFoundError(f"no readable checkpoint under {directory}")
   return found, params
 
 
@@ -101,14 +122,22 @@ def restore_for_inference(s: Setup, workdir: pathlib.Path):
   return step, params, s.init_rest()
 
 
+def check_best_metric(cfg, metrics: dict) -> None:
+  """`checkpoint.best_metric` must be one of the metrics an evaluation produced (caught at the first one)."""
+  if cfg.checkpoint.best_metric not in metrics:
+    raise ValueError(f"checkpoint.best_metric {cfg.checkpoint.best_metric!r} is not among this run's evaluation "
+                     f"metrics: {', '.join(sorted(metrics))}")
+
+
 def best_checkpoint_manager(workdir: pathlib.Path, cfg) -> ocp.CheckpointManager | None:
   """<workdir>/best: the parameters (EMA when kept) of the evaluation with the highest `checkpoint.best_metric`."""
   metric = cfg.checkpoint.best_metric
   if not metric:
     return None
-  if metric.split("/")[-1] not in eval_common.METRIC_NAMES:
-    raise ValueError(f"checkpoint.best_metric {metric!r} is not an evaluation metric: a protocol and one of "
-                     f"{eval_common.METRIC_NAMES}, e.g. 'detection/AP'")
+  if "/" not in metric or metric.split("/")[-1] not in eval_common.ALL_METRIC_NAMES:
+    raise ValueError(f"checkpoint.best_metric {metric!r} is not an evaluation metric: a protocol or benchmark "
+                     f"and one of {', '.join(eval_common.ALL_METRIC_NAMES)}, e.g. 'detection/AP', "
+                     "'lvis_minival/AP'")
   options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m[metric], best_mode="max",
                                          enable_async_checkpointing=cfg.checkpoint.async_save)
   return ocp.CheckpointManager((workdir / "best").absolute(), options=options, item_names=("params",))

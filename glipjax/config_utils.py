@@ -14,11 +14,23 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
 
 
 def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """The resolved config a training run saved; evaluate and predict rebuild the model from it."""
+  """The resolved config a training run saved; evaluate and predict rebuild the model from it. Keys added to
+  the defaults since the run was configured take their default values (the run's own values are kept)."""
   path = pathlib.Path(workdir) / "config.json"
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: is {workdir} a glipjax training workdir?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  from configs import base
+  return ml_collections.ConfigDict(_with_defaults(json.loads(path.read_text()), base.get_config().to_dict()))
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+  out = dict(saved)
+  for key, value in defaults.items():
+    if key not in out:
+      out[key] = value
+    elif isinstance(value, dict) and isinstance(out[key], dict):
+      out[key] = _with_defaults(out[key], value)
+  return out
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:

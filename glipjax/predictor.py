@@ -19,12 +19,15 @@ from glipjax.evaluators import common
 
 class Predictor:
 
-  def __init__(self, workdir: str | pathlib.Path, *, config=None, step: int | None = None):
+  def __init__(self, workdir: str | pathlib.Path, *, config=None, step: int | None = None,
+               checkpoint: str | pathlib.Path | None = None):
+    """`checkpoint`: another checkpoints folder or step to read (checkpoints.checkpoint_location)."""
     self.workdir = pathlib.Path(workdir)
     self.config = config if config is not None else config_utils.load_workdir_config(self.workdir)
     self.setup = runtime.build(self.config)
     with jax.set_mesh(self.setup.mesh):
-      self.step, self.params = checkpoints.restore_params(self.setup, self.workdir, step)
+      self.step, self.params = checkpoints.restore_params(self.setup, self.workdir, step,
+                                                             checkpoint=checkpoint)
       self.rest = self.setup.init_rest()
     self._predict = common.make_predict_fn(self.setup.graphdef, self.config)
 

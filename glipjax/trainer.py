@@ -177,13 +177,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
         break
       if config.train.eval_every > 0 and at(config.train.eval_every):
         params = state.get("ema", state["params"])
-        eval_metrics = evaluators.evaluate(lambda b: predict_fn(params, rest, b), config, tokenizer, s.mesh,
-                                           workdir=workdir if done == num_steps else None)
+        eval_metrics = evaluators.evaluate_all(lambda b: predict_fn(params, rest, b), config, tokenizer, s.mesh,
+                                               workdir=workdir if done == num_steps else None)
         flat = eval_common.flatten(eval_metrics)
         writer.write_scalars(done, {f"eval/{k}": v for k, v in flat.items()})
         jsonl.write(done, {f"eval/{k}": v for k, v in flat.items()})
         bar.write(f"step {done}: " + ", ".join(f"{k}={flat[k]:.3f}" for k in HEADLINE if k in flat))
         if best is not None:
+          checkpoints.check_best_metric(config, flat)
           best.save(done, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), metrics=flat)
     if pending is not None:
       hooks.check_finite(*pending)

@@ -88,6 +88,17 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(full_run, data_dir, t
     np.testing.assert_array_equal(got, want)
   with pytest.raises(FileNotFoundError, match="no checkpoint of step 5"):
     checkpoints.restore_params(setup, workdir, step=5)
+  # --checkpoint: one step of a checkpoints folder, or a best-parameters folder.
+  import orbax.checkpoint as ocp
+  best = checkpoints.best_checkpoint_manager(tmp_path / "other", config)
+  best.save(7, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), metrics={"detection/AP": 0.5})
+  best.wait_until_finished()
+  with jax.set_mesh(setup.mesh):
+    assert checkpoints.restore_params(setup, tmp_path, checkpoint=workdir / "checkpoints" / "3")[0] == 3
+    step, from_best = checkpoints.restore_params(setup, tmp_path, checkpoint=tmp_path / "other" / "best")
+  assert step == 7
+  for got, want in zip(jax.tree.leaves(from_best), jax.tree.leaves(params), strict=True):
+    np.testing.assert_array_equal(got, want)
 
 
 def test_loss_falls_when_fitting_one_batch(data_dir, tmp_path):
@@ -255,3 +266,55 @@ def test_bucketed_multi_scale_training_runs_on_two_canvases_and_evaluates(data_d
                               global_batch_size=4, train=True, seed=config.seed, max_query_len=48)
   shapes = {next(it)["image"].shape[1:3] for _ in range(4)}
   assert len(shapes) == 2 and shapes <= set(Buckets.from_config(config.data).train_shapes())
+
+
+def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_path):
+  """COCO and RefCOCO protocols on prepared datasets, from the parameters alone, scored against the original
+  files: every image once, predictions in the reference formats, what `glipjax.score` computes from them."""
+  workdir, _ = full_run
+  from glipjax import score
+  from glipjax.data.prepare import prepare
+  from glipjax.evaluators import benchmark, coco, refcoco
+  from glipjax.predictor import Predictor
+  root = pathlib.Path(data_dir).parent
+  det = json.loads((root / "det.json").read_text())
+  # RefCOCO, MDETR-style: one entry per expression, its one annotation the referred object.
+  refs = dict(images=[dict(id=100 + i, file_name=f"{i}.jpg", caption=f"the {c['name']} on the left", original_id=i)
+                      for i, c in enumerate(det["categories"] * 2)],
+              annotations=[dict(id=i, image_id=100 + i, bbox=[4, 6, 12, 14], category_id=1,
+                                tokens_positive=[[0, 7]]) for i in range(6)])
+  (tmp_path / "refs.json").write_text(json.dumps(refs))
+  prepare("mdetr", str(tmp_path / "refs.json"), str(root / "im"), "refs", str(data_dir), split="validation")
+  predictor = Predictor(workdir)
+  tokenizer = runtime.prepare_tokenizer(predictor.config, workdir)
+  with predictor.context():
+    got = {p: benchmark.run(predictor, predictor.config, tokenizer, predictor.mesh,
+                            benchmark.Benchmark(d, p), progress=False) for d, p in (("det", "coco"), ("refs", "refcoco"))}
+  results = got["coco"].predictions
+  assert {r["image_id"] for r in results} == {im["id"] for im in det["images"]}  # every image, once each
+  assert {r["category_id"] for r in results} <= {3, 7, 9} and len(results) <= 6 * predictor.config.eval.detections_per_img
+  (tmp_path / "coco.json").write_text(json.dumps(results))
+  assert coco.score_files(root / "det.json", tmp_path / "coco.json") == got["coco"].metrics
+  assert set(got["coco"].metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"} and got["coco"].pictures
+  refexp = got["refcoco"].predictions
+  assert sorted(r["image_id"] for r in refexp) == list(range(100, 106))
+  assert all(r["scores"] == sorted(r["scores"], reverse=True) and len(r["boxes"]) == len(r["scores"]) for r in refexp)
+  (tmp_path / "refs_res.json").write_text(json.dumps(refexp))
+  assert score.main(["--protocol", "refcoco", "--annotations", str(tmp_path / "refs.json"), "--results",
+                     str(tmp_path / "refs_res.json"), "--out", str(tmp_path / "m.json")]) == 0
+  assert json.loads((tmp_path / "m.json").read_text()) == got["refcoco"].metrics
+
+  # The command: metrics, predictions and pictures beside --out; a user's mistake is one line and exit 2.
+  out = tmp_path / "cli" / "coco.json"
+  cmd = [sys.executable, "-m", "glipjax.evaluate", "--workdir", str(workdir), "--dataset", "det", "--protocol",
+         "coco", "--out", str(out), "--checkpoint", str(workdir / "checkpoints" / "6")]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads(out.read_text())
+  assert {k: summary[k] for k in got["coco"].metrics} == got["coco"].metrics
+  assert summary["step"] == 6 and summary["protocol"] == "coco"
+  assert json.loads((out.parent / "coco_predictions.json").read_text()) == results
+  assert list((out.parent / "coco_pictures").glob("*.png"))
+  proc = subprocess.run(cmd[:6] + ["nothere", "--protocol", "coco"], cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 2 and "not prepared" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

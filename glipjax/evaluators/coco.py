@@ -13,13 +13,16 @@ def check_results(results, gt: dict, path: pathlib.Path) -> list[dict]:
   """The results as pycocotools needs them, or a ScoreError naming the first bad record."""
   if not isinstance(results, list):
     raise ScoreError(f"{path}: a COCO results file is a JSON list of detections")
+  if not results:
+    return results
   images = {im["id"] for im in gt.get("images", [])}
   categories = {c["id"] for c in gt.get("categories", [])}
   for n, r in enumerate(results):
     if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(r):
       raise ScoreError(f"{path}: record {n} needs image_id, category_id, bbox and score; got {r!r:.200}")
     if r["image_id"] not in images:
-      raise ScoreError(f"{path}: record {n} names image_id {r['image_id']!r}, which the annotation file lacks")
+      raise ScoreError(f"{path}: record {n} names image_id {r['image_id']!r}, which the annotation file lacks "
+                       "(predictions of another split or dataset?)")
     if r["category_id"] not in categories:
       raise ScoreError(f"{path}: record {n} names category_id {r['category_id']!r}, which the annotation file "
                        "lacks")
@@ -56,3 +59,18 @@ def score_files(annotations: str | pathlib.Path, results: str | pathlib.Path) ->
   annotations, results = pathlib.Path(annotations), pathlib.Path(results)
   gt = check_ground_truth(load_json(annotations, "annotation"), annotations)
   return coco_metrics(gt, check_results(load_json(results, "results"), gt, results))
+
+
+def run_benchmark(job) -> "benchmark.Result":
+  """COCO (and any COCO-format set: Objects365, custom): every category prompted, in chunks when they do not fit
+  the query length; 100 detections per image (`eval.detections_per_img`); scored against the annotation file."""
+  from glipjax.evaluators import benchmark, common
+  dataset = job.dataset()
+  annotations = job.annotations(dataset)
+  gt = check_ground_truth(load_json(annotations, "annotation"), annotations)
+  detections = common.detect_categories(job, categories_per_prompt=job.config.data.max_phrases,
+                                        top_k=job.config.eval.detections_per_img)
+  results = [r for image_id, det in sorted(detections.items()) for r in common.coco_results(image_id, det)]
+  metrics = coco_metrics(gt, check_results(results, gt, f"the predictions on {dataset.name}/{job.split}"))
+  names = {c.id: c.name for c in dataset.categories}
+  return benchmark.Result(metrics, results, benchmark.pictures(job, detections, lambda r: names, dataset.name))

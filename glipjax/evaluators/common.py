@@ -14,6 +14,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
 
 from glipjax import distributed, runtime, sharding, visualize
 from glipjax.data import pipeline, prompting, records as data_records, transforms
@@ -21,6 +22,9 @@ from glipjax.data.batch import MODEL_INPUTS, model_images
 from glipjax.ops.postprocess import postprocess
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# Every metric a protocol reports (LVIS's frequency groups, Flickr30k's recalls, RefCOCO's accuracies).
+ALL_METRIC_NAMES = METRIC_NAMES + ("APr", "APc", "APf", "Recall@1", "Recall@5", "Recall@10", "acc@0.5",
+                                   "acc@0.5@5", "acc@0.5@10")
 
 
 def make_predict_fn(graphdef, config):
@@ -38,17 +42,21 @@ def make_predict_fn(graphdef, config):
   return jax.jit(predict)
 
 
-def predict_split(predict, config, tokenizer, mesh, *, prompter, split: str = "validation") -> Iterator[tuple]:
+def predict_split(predict, config, tokenizer, mesh, *, prompter, split: str = "validation",
+                  progress: str = "") -> Iterator[tuple]:
   """Runs `predict(batch) -> detections` over one pass of `split` with `prompter` (record -> Prompt) and yields
   (image_id, detections) per image, on every process: boxes [K,4] xyxy in original-image pixels, scores [K],
   category_ids [K] (each detection's phrase mapped through the prompt's `phrase_categories`). Detections and
-  the rows' identities are gathered together from the global arrays, so every process sees every image."""
+  the rows' identities are gathered together from the global arrays, so every process sees every image.
+  `progress`: a progress bar's title (process 0), none when empty."""
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.batch_axes)
   batch_size = config.eval.global_batch_size
   data = pipeline.make_pipeline(config.data, split, tokenizer, global_batch_size=batch_size, train=False,
                                 seed=config.seed, max_query_len=config.model.max_query_len, prompter=prompter,
                                 rows=distributed.process_rows(batch_sharding, batch_size))
-  for local in data:
+  bar = tqdm(data, total=len(data) if hasattr(data, "__len__") else None, desc=progress, unit="batch",
+             disable=not progress or jax.process_index() != 0, leave=False)
+  for local in bar:
     meta = {k: local[k] for k in ("valid", "image_id", "orig_hw", "image_hw", "phrase_categories")}
     dets = predict(sharding.global_batch({k: local[k] for k in MODEL_INPUTS}, batch_sharding))
     both = (dets, sharding.global_batch(meta, batch_sharding))
@@ -136,6 +144,24 @@ def run(predict, config, tokenizer, mesh, protocols: Sequence[Protocol], records
     detections[protocol.name] = {i: merge_top(d, config.eval.detections_per_img) for i, d in per_image.items()}
     metrics[protocol.name] = score(protocol, records, detections[protocol.name])
   return metrics, detections
+
+
+def detect_categories(job, *, categories_per_prompt: int, top_k: int) -> dict[int, dict]:
+  """Detections of every category of `job`'s dataset per image, GLIP's way for long category lists: prompts of
+  at most `categories_per_prompt` categories (and what the query length holds), each image's detections of all
+  prompts merged, best `top_k` kept; `category_ids` are the annotation file's own ids."""
+  dataset = job.dataset()
+  prompters = category_prompters(dataset.category_names, job.tokenizer, job.config.model.max_query_len,
+                                 min(categories_per_prompt, job.config.data.max_phrases))
+  own_ids = np.array([0] + [c.id for c in dataset.categories], np.int64)
+  per_image: dict[int, list] = {}
+  for n, prompter in enumerate(prompters, start=1):
+    title = f"{dataset.name} prompt {n}/{len(prompters)}" if job.progress else ""
+    for image_id, det in predict_split(job.predict, job.config, job.tokenizer, job.mesh, prompter=prompter,
+                                       split=job.split, progress=title):
+      per_image.setdefault(image_id, []).append(det)
+  merged = {i: merge_top(d, top_k) for i, d in per_image.items()}
+  return {i: dict(d, category_ids=own_ids[d["category_ids"]]) for i, d in merged.items()}
 
 
 def merge_top(dets: list[dict], k: int) -> dict:

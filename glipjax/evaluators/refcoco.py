@@ -87,3 +87,31 @@ def score_files(annotations: str | pathlib.Path, results: str | pathlib.Path) ->
   annotations, results = pathlib.Path(annotations), pathlib.Path(results)
   return score(targets(load_json(annotations, "annotation"), annotations), load_json(results, "results"),
                path=results)
+
+
+def expression_prompt(record: dict):
+  """The referring expression as the prompt, the whole of it one phrase (the top box of any phrase answers)."""
+  from glipjax.data import prompting
+  caption = record["caption"]
+  return prompting.Prompt(caption, np.array([[0, len(caption)]], np.int32),
+                          np.full(len(record["boxes"]), -1, np.int32), np.array([1], np.int32))
+
+
+def run_benchmark(job):
+  """Each expression of the split prompted alone; its detections ranked by score are the result."""
+  from glipjax.evaluators import benchmark, common
+  dataset = job.dataset()
+  annotations = job.annotations(dataset)
+  gt_boxes = targets(load_json(annotations, "annotation"), annotations)
+  results, detections = [], {}
+  for image_id, det in common.predict_split(job.predict, job.config, job.tokenizer, job.mesh,
+                                            prompter=expression_prompt, split=job.split,
+                                            progress=dataset.name if job.progress else ""):
+    order = np.argsort(-det["scores"], kind="stable")
+    detections[image_id] = {k: v[order] for k, v in det.items()}
+    results.append(dict(image_id=image_id, boxes=benchmark.xyxy_continuous(det["boxes"][order]),
+                        scores=[float(s) for s in det["scores"][order]]))
+  metrics = score(gt_boxes, results, path=f"the predictions on {dataset.name}/{job.split}")
+  return benchmark.Result(metrics, results, benchmark.pictures(
+      job, {i: dict(d, scores=d["scores"][:1], boxes=d["boxes"][:1], category_ids=d["category_ids"][:1])
+            for i, d in detections.items()}, lambda r: {1: r["caption"]}, dataset.name))
