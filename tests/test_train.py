@@ -274,7 +274,7 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
   workdir, _ = full_run
   from glipjax import score
   from glipjax.data.prepare import prepare
-  from glipjax.evaluators import benchmark, coco, refcoco
+  from glipjax.evaluators import benchmark, coco, flickr30k, refcoco
   from glipjax.predictor import Predictor
   root = pathlib.Path(data_dir).parent
   det = json.loads((root / "det.json").read_text())
@@ -285,11 +285,38 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
                                 tokens_positive=[[0, 7]]) for i in range(6)])
   (tmp_path / "refs.json").write_text(json.dumps(refs))
   prepare("mdetr", str(tmp_path / "refs.json"), str(root / "im"), "refs", str(data_dir), split="validation")
+  # Flickr30k Entities: the official tree (sentences with entity markup, xml boxes) and MDETR's json of it.
+  flickr = tmp_path / "flickr30k_entities"
+  (flickr / "Sentences").mkdir(parents=True)
+  (flickr / "Annotations").mkdir()
+  sentences = {"0": ["[/EN#1/animals A dog] near [/EN#2/animals a cat] .", "[/EN#1/animals The dog] sleeps ."],
+               "1": ["[/EN#5/people A man] in [/EN#6/scene a park] ."]}
+  boxes = {"1": (4, 6, 16, 20), "2": (20, 6, 32, 20), "5": (10, 10, 40, 40)}
+  entries, anns = [], []
+  for image_id, lines in sentences.items():
+    (flickr / "Sentences" / f"{image_id}.txt").write_text("\n".join(lines) + "\n")
+    objects = "".join(f"<object><name>{e}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax>"
+                      f"<ymax>{b[3]}</ymax></bndbox></object>" for e, b in boxes.items() if e in "".join(lines))
+    (flickr / "Annotations" / f"{image_id}.xml").write_text(
+        f"<annotation><size><width>64</width><height>48</height><depth>3</depth></size>{objects}</annotation>")
+    for k, line in enumerate(lines):
+      parsed = flickr30k.parse_sentence(line)
+      entries.append(dict(id=len(entries), file_name=f"{image_id}.jpg", caption=parsed["text"],
+                          original_img_id=int(image_id), sentence_id=k))
+      for ph in parsed["phrases"]:
+        if ph["phrase_id"] in boxes:
+          x1, y1, x2, y2 = boxes[ph["phrase_id"]]
+          anns.append(dict(id=len(anns), image_id=entries[-1]["id"], bbox=[x1, y1, x2 - x1, y2 - y1],
+                           tokens_positive=[list(ph["span"])]))
+  (flickr / "final_flickr_separateGT_test.json").write_text(json.dumps(dict(images=entries, annotations=anns)))
+  prepare("mdetr", str(flickr / "final_flickr_separateGT_test.json"), str(root / "im"), "flk", str(data_dir),
+          split="test")
   predictor = Predictor(workdir)
   tokenizer = runtime.prepare_tokenizer(predictor.config, workdir)
   with predictor.context():
-    got = {p: benchmark.run(predictor, predictor.config, tokenizer, predictor.mesh,
-                            benchmark.Benchmark(d, p), progress=False) for d, p in (("det", "coco"), ("refs", "refcoco"))}
+    got = {b.protocol: benchmark.run(predictor, predictor.config, tokenizer, predictor.mesh, b, progress=False)
+           for b in (benchmark.Benchmark("det", "coco"), benchmark.Benchmark("refs", "refcoco"),
+                     benchmark.Benchmark("flk", "flickr30k", "test"))}
   results = got["coco"].predictions
   assert {r["image_id"] for r in results} == {im["id"] for im in det["images"]}  # every image, once each
   assert {r["category_id"] for r in results} <= {3, 7, 9} and len(results) <= 6 * predictor.config.eval.detections_per_img
@@ -303,6 +330,15 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
   assert score.main(["--protocol", "refcoco", "--annotations", str(tmp_path / "refs.json"), "--results",
                      str(tmp_path / "refs_res.json"), "--out", str(tmp_path / "m.json")]) == 0
   assert json.loads((tmp_path / "m.json").read_text()) == got["refcoco"].metrics
+  # Flickr30k: the sentences with an evaluated phrase (not the one whose only other phrase is the scene), a
+  # ranked box list per phrase in sentence order; the file scores the same through the official tree.
+  flk = got["flickr30k"].predictions
+  assert sorted((r["image_id"], r["sentence_id"], len(r["boxes"])) for r in flk) == [("0", 0, 2), ("0", 1, 1),
+                                                                                    ("1", 0, 1)]
+  (tmp_path / "flk.json").write_text(json.dumps(flk))
+  assert flickr30k.score_files(flickr / "final_flickr_separateGT_test.json", tmp_path / "flk.json") == \
+      got["flickr30k"].metrics
+  assert {"Recall@1", "Recall@5", "Recall@10"} <= set(got["flickr30k"].metrics)
 
   # The command: metrics, predictions and pictures beside --out; a user's mistake is one line and exit 2.
   out = tmp_path / "cli" / "coco.json"

@@ -295,3 +295,64 @@ def score_files(annotations: str | pathlib.Path, results: str | pathlib.Path, *,
   root = annotations.parent if flickr_entities is None else pathlib.Path(flickr_entities)
   entities = Entities(root, split_images(annotations), merge_boxes=merge_boxes)
   return score(entities, load_json(results, "results"), path=results)
+
+
+def run_benchmark(job):
+  """Each caption of a prepared Flickr30k Entities split (MDETR's json: one entry per sentence) prompted with the
+  sentence as the Entities files write it, its evaluated phrases the phrases; each phrase's detections ranked by
+  score are its boxes (a phrase the model found nothing for gets one empty box: a miss)."""
+  from glipjax.data import prompting
+  from glipjax.evaluators import benchmark, common
+  dataset = job.dataset()
+  split_file = job.annotations(dataset)  # the split's image list or MDETR json
+  prepared_from = pathlib.Path(dataset.annotations)  # which sentence each prepared caption is
+  if not dataset.annotations or not prepared_from.exists():
+    raise FileNotFoundError(f"dataset {dataset.name!r} was prepared from {dataset.annotations or 'an unrecorded file'}"
+                            ", which is needed to match its captions to Flickr30k sentences")
+  root = pathlib.Path(job.benchmark.flickr_entities) if job.benchmark.flickr_entities else split_file.parent
+  entities = Entities(root, split_images(split_file), merge_boxes=job.config.eval.flickr_merge_boxes)
+  entries = _sentence_of_entry(prepared_from)
+
+  def prompt(record):
+    key = entries.get(record["image_id"])
+    if key is None or key[0] not in entities or key[1] >= entities.num_sentences(key[0]):
+      raise ValueError(f"caption {record['image_id']} is not a sentence of the Flickr30k Entities split in {root}")
+    phrases = entities.evaluated_phrases(*key) or entities.sentence(*key)["phrases"][:1]
+    spans = np.array([p["span"] for p in phrases], np.int32).reshape(-1, 2)
+    return prompting.Prompt(entities.sentence(*key)["text"], spans, np.full(len(record["boxes"]), -1, np.int32),
+                            np.arange(1, len(spans) + 1, dtype=np.int32))
+
+  results, detections = [], {}
+  for entry, det in common.predict_split(job.predict, job.config, job.tokenizer, job.mesh, prompter=prompt,
+                                         split=job.split, progress=dataset.name if job.progress else ""):
+    image_id, sentence_id = entries[entry]
+    detections[entry] = det
+    if not entities.evaluated_phrases(image_id, sentence_id):
+      continue
+    boxes = []
+    for phrase in range(1, len(entities.evaluated_phrases(image_id, sentence_id)) + 1):
+      mine = det["category_ids"] == phrase
+      order = np.argsort(-det["scores"][mine], kind="stable")
+      boxes.append(benchmark.xyxy_continuous(det["boxes"][mine][order]) or [[0.0, 0.0, 0.0, 0.0]])
+    results.append(dict(image_id=image_id, sentence_id=sentence_id, boxes=boxes))
+  metrics = score(entities, results, path=f"the predictions on {dataset.name}/{job.split}")
+
+  def names(record):
+    key = entries[record["image_id"]]
+    return {i + 1: p["phrase"] for i, p in enumerate(entities.evaluated_phrases(*key))}
+  return benchmark.Result(metrics, results, benchmark.pictures(job, detections, names, dataset.name),
+                          dict(flickr_mode="merged boxes" if entities.merge_boxes else "any box"))
+
+
+def _sentence_of_entry(path: pathlib.Path) -> dict[int, tuple[str, int]]:
+  """{MDETR image entry id: (Flickr id, sentence id)} from the MDETR-format json a split was prepared from."""
+  gt = load_json(path, "annotation")
+  if not isinstance(gt, dict) or not isinstance(gt.get("images"), list):
+    raise ScoreError(f"{path}: not an MDETR-format Flickr30k file (images with original_img_id, sentence_id)")
+  out = {}
+  for n, im in enumerate(gt["images"]):
+    try:
+      out[int(im["id"])] = (str(im["original_img_id"]), int(im["sentence_id"]))
+    except (KeyError, TypeError, ValueError) as e:
+      raise ScoreError(f"{path}: images[{n}] needs id, original_img_id and sentence_id") from e
+  return out
