@@ -1,6 +1,7 @@
 """Config files (ml_collections `get_config(arg)`), overrides, and the resolved copy saved in the workdir."""
 from __future__ import annotations
 
+import ast
 import json
 import pathlib
 
@@ -47,3 +48,24 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_co
       raise KeyError(f"unknown config key {dotted!r}; known keys here: {sorted(node.keys())}")
     node[parts[-1]] = value
   return config
+
+
+def split_config_flags(argv: list[str]) -> tuple[list[str], dict]:
+  """(the other arguments, {dotted key: value}) of a command line with `--config.a.b=value` overrides of a
+  workdir's saved config (values as Python literals, else strings), as `glipjax.train` takes them."""
+  rest, overrides = [], {}
+  args = iter(argv)
+  for arg in args:
+    if not arg.startswith("--config."):
+      rest.append(arg)
+      continue
+    key, eq, value = arg[len("--config."):].partition("=")
+    if not eq:
+      value = next(args, None)
+      if value is None:
+        raise ValueError(f"{arg} needs a value: {arg}=VALUE")
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  return rest, overrides

@@ -7,12 +7,14 @@
       into the workdir.
 
   python -m glipjax.evaluate --workdir RUN [--checkpoint DIR] --dataset NAME [--split S] --protocol P [--out FILE]
+      [--config.eval.pre_nms_thresh=0.01 ...]
       a paper's benchmark on a dataset prepared with glipjax.data.prepare: P is coco, lvis, odinw (NAME: a suite
       of configs/odinw.py or prepared names joined by commas), flickr30k or refcoco. Scored against the
       annotation file the dataset was prepared from (or --annotations) with glipjax.score's code; writes the
       metrics to --out (default <workdir>/eval_<dataset>_<split>.json), the predictions in the protocol's
       reference format beside it (<out>_predictions.json) and a few pictures (<out>_pictures/).
 
+`--config.a.b=value` overrides the run's saved config (evaluation settings: eval.*, data.data_dir, ...).
 Prints the metrics as JSON. Runs on any number of processes (launch/local.py, launch/*): each evaluates its
 shard, every image is counted once.
 """
@@ -25,7 +27,7 @@ import sys
 from absl import app, flags
 
 import glipjax  # noqa: F401
-from glipjax import evaluators
+from glipjax import config_utils, evaluators
 from glipjax.evaluators import benchmark as benchmark_lib, common
 from glipjax.evaluators.files import ScoreError
 
@@ -34,6 +36,15 @@ def evaluate(config, graphdef, params, rest, tokenizer, *, mesh, workdir=None) -
   """Nested metrics of `params` on the config's evaluated split (glipjax/evaluators)."""
   fn = common.make_predict_fn(graphdef, config)
   return evaluators.evaluate(lambda batch: fn(params, rest, batch), config, tokenizer, mesh, workdir=workdir)
+
+
+CONFIG_OVERRIDES: dict = {}
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  rest, overrides = config_utils.split_config_flags(argv)
+  CONFIG_OVERRIDES.update(overrides)
+  return flags.FLAGS(rest)
 
 
 def main(argv):
@@ -51,10 +62,11 @@ def main(argv):
       bench = benchmark_lib.Benchmark(f.dataset, f.protocol, f.split, f.annotations or "", f.flickr_entities or "")
     if not (workdir / "config.json").exists():
       raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json)")
-    overrides = {"data.data_dir": f.data_dir} if f.data_dir else {}
+    overrides = dict(CONFIG_OVERRIDES)
+    if f.data_dir:
+      overrides["data.data_dir"] = f.data_dir
     if f.fixed_ap:
       overrides["eval.lvis_fixed_ap"] = True
-    from glipjax import config_utils
     config = config_utils.apply_overrides(config_utils.load_workdir_config(workdir), overrides)
     predictor = Predictor(workdir, config=config, checkpoint=f.checkpoint)
     tokenizer = runtime.prepare_tokenizer(predictor.config, workdir)
@@ -92,4 +104,4 @@ if __name__ == "__main__":
   flags.mark_flag_as_required("workdir")
   from glipjax import distributed
   distributed.define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

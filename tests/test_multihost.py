@@ -77,11 +77,17 @@ def losses(workdir) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_dir, cache_dir):
-  """Losses of an uninterrupted single-process run on 4 CPU devices."""
+def reference_run(tmp_path_factory, data_dir, cache_dir) -> pathlib.Path:
+  """An uninterrupted single-process run on 4 CPU devices."""
   workdir = tmp_path_factory.mktemp("reference")
   run(train_command(data_dir, workdir), cache_dir, cpu_devices=4)
-  return losses(workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+  """Its losses."""
+  return losses(reference_run)
 
 
 def test_global_batches_do_not_depend_on_the_process_count(data_dir, tmp_path):
@@ -174,3 +180,34 @@ def test_sigkill_at_any_step_then_restart_is_bitwise_exact(reference, data_dir, 
   assert "resumed from step 2" in output  # killed before the save at step 4 was finalized
   resumed = losses(workdir)
   assert [resumed[s] for s in range(1, NUM_STEPS + 1)] == [reference[s] for s in range(1, NUM_STEPS + 1)]
+
+
+def test_benchmark_metrics_do_not_depend_on_the_process_count(reference_run, prepared_mixture, cache_dir, tmp_path):
+  # 6 images, global eval batches of 8: one batch, 2 rows of padding. Each process predicts its rows; the
+  # predictions are gathered, so both processes score every image once, as one process does.
+  command = ["-m", "glipjax.evaluate", "--workdir", str(reference_run), "--dataset", "det", "--protocol", "coco",
+             "--data_dir", str(prepared_mixture), "--config.eval.pre_nms_thresh=0.0"]  # a 4-step model: low scores
+  run(command + ["--out", str(tmp_path / "one.json")], cache_dir, cpu_devices=4)
+  launcher = ["-m", "launch.local", "--num_processes", "2", "--cpu_devices", "2", "--"]
+  output = run(launcher + command + ["--out", str(tmp_path / "two.json")], cache_dir)
+  one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+  assert one == two
+  printed = [json.loads(block) for block in _json_blocks(output)]
+  assert len(printed) == 2 and all(p == one for p in printed)  # process 1 reports the same, not its half
+  predictions = [json.loads((tmp_path / f"{n}_predictions.json").read_text()) for n in ("one", "two")]
+  assert predictions[0] and predictions[0] == predictions[1]
+  assert {r["image_id"] for r in predictions[0]} == set(range(6))
+
+
+def _json_blocks(output: str) -> list[str]:
+  """The JSON objects the processes printed (launch/local.py prefixes each line with [rank])."""
+  blocks: dict[str, list[str]] = {}
+  for line in output.splitlines():
+    rank, _, text = line.partition("] ")
+    if not rank.startswith("["):
+      continue
+    if text == "{":
+      blocks[rank] = [text]
+    elif rank in blocks:
+      blocks[rank].append(text)
+  return ["\n".join(b) for b in blocks.values() if b and b[-1] == "}"]
