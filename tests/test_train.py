@@ -285,6 +285,11 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
                                 tokens_positive=[[0, 7]]) for i in range(6)])
   (tmp_path / "refs.json").write_text(json.dumps(refs))
   prepare("mdetr", str(tmp_path / "refs.json"), str(root / "im"), "refs", str(data_dir), split="validation")
+  # ODinW-style: a second COCO-format dataset (two categories renamed, one box fewer), the suite a name list.
+  det2 = dict(det, categories=[dict(c, name=n) for c, n in zip(det["categories"], ("hound", "lamp", "cat"))],
+              annotations=det["annotations"][1:])
+  (tmp_path / "det2.json").write_text(json.dumps(det2))
+  prepare("coco", str(tmp_path / "det2.json"), str(root / "im"), "det2", str(data_dir), split="validation")
   # Flickr30k Entities: the official tree (sentences with entity markup, xml boxes) and MDETR's json of it.
   flickr = tmp_path / "flickr30k_entities"
   (flickr / "Sentences").mkdir(parents=True)
@@ -316,7 +321,7 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
   with predictor.context():
     got = {b.protocol: benchmark.run(predictor, predictor.config, tokenizer, predictor.mesh, b, progress=False)
            for b in (benchmark.Benchmark("det", "coco"), benchmark.Benchmark("refs", "refcoco"),
-                     benchmark.Benchmark("flk", "flickr30k", "test"))}
+                     benchmark.Benchmark("flk", "flickr30k", "test"), benchmark.Benchmark("det,det2", "odinw"))}
   results = got["coco"].predictions
   assert {r["image_id"] for r in results} == {im["id"] for im in det["images"]}  # every image, once each
   assert {r["category_id"] for r in results} <= {3, 7, 9} and len(results) <= 6 * predictor.config.eval.detections_per_img
@@ -339,6 +344,13 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
   assert flickr30k.score_files(flickr / "final_flickr_separateGT_test.json", tmp_path / "flk.json") == \
       got["flickr30k"].metrics
   assert {"Recall@1", "Recall@5", "Recall@10"} <= set(got["flickr30k"].metrics)
+  # ODinW: each dataset its own COCO evaluation (its own prompt and file), the headline their mean.
+  odinw = got["odinw"].metrics
+  assert {k[4:]: v for k, v in odinw.items() if k.startswith("det/")} == got["coco"].metrics
+  (tmp_path / "det2_res.json").write_text(json.dumps(got["odinw"].predictions["det2"]))
+  assert {k[5:]: v for k, v in odinw.items() if k.startswith("det2/")} == coco.score_files(
+      tmp_path / "det2.json", tmp_path / "det2_res.json")
+  assert odinw["AP"] == pytest.approx((odinw["det/AP"] + odinw["det2/AP"]) / 2)
 
   # The command: metrics, predictions and pictures beside --out; a user's mistake is one line and exit 2.
   out = tmp_path / "cli" / "coco.json"
