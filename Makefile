@@ -11,6 +11,8 @@ $(VENV)/.installed: requirements.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt
+	# The LVIS API; --no-deps: it pins opencv-python (needs libGL), its imports are met by requirements.txt's headless one.
+	$(PIP) install -q --no-deps lvis==0.5.3
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt

@@ -290,6 +290,16 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
               annotations=det["annotations"][1:])
   (tmp_path / "det2.json").write_text(json.dumps(det2))
   prepare("coco", str(tmp_path / "det2.json"), str(root / "im"), "det2", str(data_dir), split="validation")
+  # LVIS v1: images by coco_url with negative / not-exhaustive lists, 250 categories (far beyond one 48-token
+  # query: chunked), r/c/f frequencies.
+  lvis_gt = dict(
+      images=[dict(id=im["id"], coco_url=f"http://images.cocodataset.org/val2017/{im['file_name']}", height=48,
+                   width=64, neg_category_ids=[5, 6], not_exhaustive_category_ids=[]) for im in det["images"]],
+      categories=[dict(id=i, name=f"thing_{i}", frequency="rcf"[i % 3]) for i in range(1, 251)],
+      annotations=[dict(a, id=n + 1, category_id={3: 1, 7: 2, 9: 3}[a["category_id"]],
+                        area=a["bbox"][2] * a["bbox"][3]) for n, a in enumerate(det["annotations"])])
+  (tmp_path / "lvis.json").write_text(json.dumps(lvis_gt))
+  prepare("lvis", str(tmp_path / "lvis.json"), str(root / "im"), "lvis_mini", str(data_dir), split="validation")
   # Flickr30k Entities: the official tree (sentences with entity markup, xml boxes) and MDETR's json of it.
   flickr = tmp_path / "flickr30k_entities"
   (flickr / "Sentences").mkdir(parents=True)
@@ -321,7 +331,8 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
   with predictor.context():
     got = {b.protocol: benchmark.run(predictor, predictor.config, tokenizer, predictor.mesh, b, progress=False)
            for b in (benchmark.Benchmark("det", "coco"), benchmark.Benchmark("refs", "refcoco"),
-                     benchmark.Benchmark("flk", "flickr30k", "test"), benchmark.Benchmark("det,det2", "odinw"))}
+                     benchmark.Benchmark("flk", "flickr30k", "test"), benchmark.Benchmark("det,det2", "odinw"),
+                     benchmark.Benchmark("lvis_mini", "lvis"))}
   results = got["coco"].predictions
   assert {r["image_id"] for r in results} == {im["id"] for im in det["images"]}  # every image, once each
   assert {r["category_id"] for r in results} <= {3, 7, 9} and len(results) <= 6 * predictor.config.eval.detections_per_img
@@ -351,6 +362,19 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
   assert {k[5:]: v for k, v in odinw.items() if k.startswith("det2/")} == coco.score_files(
       tmp_path / "det2.json", tmp_path / "det2_res.json")
   assert odinw["AP"] == pytest.approx((odinw["det/AP"] + odinw["det2/AP"]) / 2)
+  # LVIS: every one of the 250 categories prompted once (in many chunks), at most 300 detections per image, the
+  # package's federated AP from the file.
+  from glipjax.evaluators import common, lvis
+  chunks = common.category_prompters([f"thing {i}" for i in range(1, 251)], tokenizer,
+                                     predictor.config.model.max_query_len, 40)
+  assert len(chunks) > 5
+  lvis_results = got["lvis"].predictions
+  assert lvis_results and {r["category_id"] for r in lvis_results} <= set(range(1, 251))
+  assert max(sum(r["image_id"] == i for r in lvis_results) for i in range(6)) <= 300
+  (tmp_path / "lvis_res.json").write_text(json.dumps(lvis_results))
+  assert lvis.score_files(tmp_path / "lvis.json", tmp_path / "lvis_res.json") == got["lvis"].metrics
+  assert all(np.isfinite(v) and 0 <= v <= 1 for v in got["lvis"].metrics.values())
+  assert set(got["lvis"].metrics) == set(lvis.METRIC_NAMES) and "standard" in got["lvis"].info["lvis_ap"]
 
   # The command: metrics, predictions and pictures beside --out; a user's mistake is one line and exit 2.
   out = tmp_path / "cli" / "coco.json"
@@ -361,7 +385,7 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
   summary = json.loads(out.read_text())
   assert {k: summary[k] for k in got["coco"].metrics} == got["coco"].metrics
   assert summary["step"] == 6 and summary["protocol"] == "coco"
-  assert json.loads((out.parent / "coco_predictions.json").read_text()) == results
+  assert json.loads((out.parent / "coco_predictions.json").read_text()) == got["coco"].predictions
   assert list((out.parent / "coco_pictures").glob("*.png"))
   proc = subprocess.run(cmd[:6] + ["nothere", "--protocol", "coco"], cwd=REPO, capture_output=True, text=True,
                         timeout=600)

@@ -146,7 +146,7 @@ def run(predict, config, tokenizer, mesh, protocols: Sequence[Protocol], records
   return metrics, detections
 
 
-def detect_categories(job, *, categories_per_prompt: int, top_k: int) -> dict[int, dict]:
+def detect_categories(job, *, categories_per_prompt: int, top_k: int | None) -> dict[int, dict]:
   """Detections of every category of `job`'s dataset per image, GLIP's way for long category lists: prompts of
   at most `categories_per_prompt` categories (and what the query length holds), each image's detections of all
   prompts merged, best `top_k` kept; `category_ids` are the annotation file's own ids."""
@@ -164,8 +164,9 @@ def detect_categories(job, *, categories_per_prompt: int, top_k: int) -> dict[in
   return {i: dict(d, category_ids=own_ids[d["category_ids"]]) for i, d in merged.items()}
 
 
-def merge_top(dets: list[dict], k: int) -> dict:
-  """Detections of one image from several prompt chunks: concatenated, best `k` by score (GLIP's merge)."""
+def merge_top(dets: list[dict], k: int | None) -> dict:
+  """Detections of one image from several prompt chunks: concatenated, best `k` by score (GLIP's merge; None:
+  all of them, best first)."""
   merged = {key: np.concatenate([d[key] for d in dets]) for key in dets[0]}
   order = np.argsort(-merged["scores"], kind="stable")[:k]
   return {key: v[order] for key, v in merged.items()}
