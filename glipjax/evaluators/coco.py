@@ -6,30 +6,12 @@ from __future__ import annotations
 import pathlib
 
 from glipjax.evaluators.common import coco_metrics
-from glipjax.evaluators.files import ScoreError, load_json
+from glipjax.evaluators.files import ScoreError, check_detections, load_json
 
 
 def check_results(results, gt: dict, path: pathlib.Path) -> list[dict]:
   """The results as pycocotools needs them, or a ScoreError naming the first bad record."""
-  if not isinstance(results, list):
-    raise ScoreError(f"{path}: a COCO results file is a JSON list of detections")
-  if not results:
-    return results
-  images = {im["id"] for im in gt.get("images", [])}
-  categories = {c["id"] for c in gt.get("categories", [])}
-  for n, r in enumerate(results):
-    if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(r):
-      raise ScoreError(f"{path}: record {n} needs image_id, category_id, bbox and score; got {r!r:.200}")
-    if r["image_id"] not in images:
-      raise ScoreError(f"{path}: record {n} names image_id {r['image_id']!r}, which the annotation file lacks "
-                       "(predictions of another split or dataset?)")
-    if r["category_id"] not in categories:
-      raise ScoreError(f"{path}: record {n} names category_id {r['category_id']!r}, which the annotation file "
-                       "lacks")
-    box = r["bbox"]
-    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-      raise ScoreError(f"{path}: record {n} has bbox {box!r}; expected [x, y, width, height]")
-  return results
+  return check_detections(results, gt, path, kind="COCO")
 
 
 def check_ground_truth(gt, path: pathlib.Path) -> dict:

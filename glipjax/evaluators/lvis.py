@@ -19,14 +19,13 @@ import contextlib
 import functools
 import io
 import logging
-import math
 import pathlib
 import types
 import warnings
 
 import numpy as np
 
-from glipjax.evaluators.files import ScoreError, load_json
+from glipjax.evaluators.files import ScoreError, check_detections, is_xywh, load_json
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 FREQUENCIES = ("r", "c", "f")
@@ -120,36 +119,9 @@ def score(gt: dict, results: list[dict], *, fixed_ap: bool = False, max_dets: in
   return {k: float(max(ev.results[k], 0.0)) for k in METRIC_NAMES}
 
 
-def _is_box(box) -> bool:
-  return (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box) and box[2] >= 0
-          and box[3] >= 0)
-
-
-def _is_number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def check_results(results, gt: dict, path: pathlib.Path) -> list[dict]:
   """The results as the lvis package needs them, or a ScoreError naming the first bad record."""
-  if not isinstance(results, list):
-    raise ScoreError(f"{path}: an LVIS results file is a JSON list of detections")
-  images = {im["id"] for im in gt.get("images", [])}
-  categories = {c["id"] for c in gt.get("categories", [])}
-  for n, r in enumerate(results):
-    if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(r):
-      raise ScoreError(f"{path}: record {n} needs image_id, category_id, bbox and score; got {r!r:.200}")
-    if r["image_id"] not in images:
-      raise ScoreError(f"{path}: record {n} names image_id {r['image_id']!r}, which the annotation file lacks "
-                       "(predictions of another split or dataset?)")
-    if r["category_id"] not in categories:
-      raise ScoreError(f"{path}: record {n} names category_id {r['category_id']!r}, which the annotation file "
-                       "lacks (COCO's 80 ids are not LVIS's 1203)")
-    if not _is_box(r["bbox"]):
-      raise ScoreError(f"{path}: record {n} has bbox {r['bbox']!r:.200}; expected [x, y, width, height], finite, "
-                       "width and height >= 0")
-    if not _is_number(r["score"]):
-      raise ScoreError(f"{path}: record {n} has score {r['score']!r:.200}; expected a finite number")
-  return results
+  return check_detections(results, gt, path, kind="LVIS", category_hint=" (COCO's 80 ids are not LVIS's 1203)")
 
 
 def check_ground_truth(gt, path: pathlib.Path) -> dict:
@@ -179,7 +151,7 @@ def check_ground_truth(gt, path: pathlib.Path) -> dict:
   seen = set()
   for n, a in enumerate(gt["annotations"]):
     box = a.get("bbox") if isinstance(a, dict) else None
-    if not _is_box(box):
+    if not is_xywh(box):
       raise ScoreError(f"{path}: annotations[{n}] has bbox {box!r:.200}; expected [x, y, width, height]")
     if a.get("image_id") not in images:
       raise ScoreError(f"{path}: annotations[{n}] names image_id {a.get('image_id')!r}, which its images lack")
