@@ -28,8 +28,10 @@ def _data_restore_args(mngr: ocp.CheckpointManager, step: int, data_iter) -> dic
   """The Composite item that restores `data_iter`: grain's per-process state when this checkpoint was written by
   as many processes as are running now; otherwise none (the caller positions the iterator from the step)."""
   saved = sorted((pathlib.Path(mngr.directory) / str(step) / "data").glob("process_*-of-*.json"))
-  if not saved:
-    raise FileNotFoundError(f"checkpoint {step} holds no data-iterator state")
+  if not saved:  # a checkpoint glipjax.convert wrote: weights from elsewhere, no data read yet
+    logging.info("checkpoint %d holds no data-iterator state: positioning the data iterator at global batch %d",
+                 step, step)
+    return {}
   if any(p.name == f"process_{jax.process_index()}-of-{jax.process_count()}.json" for p in saved):
     return dict(data=grain.checkpoint.CheckpointRestore(data_iter))
   logging.warning("checkpoint %d was written by %s, this run has %d: positioning the data iterator at global "
@@ -85,15 +87,18 @@ def checkpoint_location(workdir: pathlib.Path, checkpoint: str | pathlib.Path | 
 
 
 def restore_params(s: Setup, workdir: pathlib.Path, step: int | None = None, *,
-                   checkpoint: str | pathlib.Path | None = None):
-  """(step, params) for inference: the EMA parameters when the run keeps them, else the parameters, of the
-  newest intact checkpoint (or of `step`) of `checkpoint_location(workdir, checkpoint)`, read alone — not the
-  optimizer moments, and no state initialised. Reads train-state checkpoints and the best-parameters ones
-  (<run>/best) alike. Call under `jax.set_mesh(s.mesh)`."""
+                   checkpoint: str | pathlib.Path | None = None, ema: bool | None = None):
+  """(step, params) for inference: the EMA parameters when the run keeps them (or as `ema` asks: True, False),
+  else the parameters, of the newest intact checkpoint (or of `step`) of `checkpoint_location(workdir,
+  checkpoint)`, read alone — not the optimizer moments, and no state initialised. Reads train-state checkpoints
+  and the best-parameters ones (<run>/best: the evaluated parameters alone) alike. Call under
+  `jax.set_mesh(s.mesh)`."""
   directory, step = checkpoint_location(workdir, checkpoint, step)
   mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                item_names=("state", "data", "params"))
-  key = "ema" if "ema" in s.abstract_state else "params"
+  if ema and "ema" not in s.abstract_state:
+    raise ValueError(f"{workdir} keeps no EMA parameters (optim.ema_decay is 0)")
+  key = "ema" if ("ema" in s.abstract_state if ema is None else ema) else "params"
   target = _sharded(s.abstract_state[key], s.state_shardings[key])
 
   def restore(at):

@@ -58,6 +58,14 @@ def prepare_tokenizer(config, workdir: pathlib.Path) -> tokenizers.Tokenizer:
   return tokenizers.build_tokenizer(d.tokenizer, d.tokenizer_path)
 
 
+def state_from_params(config, tx: optax.GradientTransformation, params) -> dict:
+  """A train state at step 0 around `params`: a fresh optimizer state, and EMA = params when the run keeps one."""
+  state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  if config.optim.ema_decay > 0:
+    state["ema"] = params
+  return state
+
+
 def build(config) -> Setup:
   accum = config.train.grad_accum_steps
   if accum < 1 or config.train.global_batch_size % accum:
@@ -72,10 +80,7 @@ def build(config) -> Setup:
 
   def init():
     _, params, rest = nnx.split(new_model(), nnx.Param, ...)
-    state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    if config.optim.ema_decay > 0:
-      state["ema"] = params
-    return state, rest
+    return state_from_params(config, tx, params), rest
 
   abstract_state, abstract_rest = jax.eval_shape(init)
   state_shardings = sharding.param_shardings(abstract_state, mesh, rules)

@@ -16,7 +16,7 @@ import glipjax  # noqa: F401
 from configs import glip_l, glip_t
 from configs.model import glip_model
 from glipjax import summary
-from glipjax.interop.official import IGNORE, export_official, import_official, load_official_checkpoint
+from glipjax.interop.official import export_official, import_official, load_official_checkpoint
 from glipjax.models.glip import GLIP
 
 # Official counts (fixture README §5, state_dict_shapes_summary.json): parameters, buffers excluded.
@@ -43,11 +43,12 @@ def test_param_counts_match_official(abstract):
 
 
 def test_export_layout_matches_official_state_dict(abstract, reference_dir):
-  """Every official key (less ignored buffers) with its exact shape, and nothing else: strict load_state_dict."""
+  """Every official key with its exact shape and dtype, buffers included, and nothing else: what
+  `load_state_dict(strict=True)` of the official model needs."""
   variant, model = abstract
   official = json.loads((reference_dir.parent / SHAPES_JSON[variant]).read_text())
-  expected = {k: tuple(v["shape"]) for k, v in official.items() if not any(re.search(p, k) for p in IGNORE)}
-  ours = {k: v.shape for k, v in export_official(model).items()}  # abstract model: zero-stride views
+  expected = {k: (tuple(v["shape"]), v["dtype"]) for k, v in official.items()}
+  ours = {k: (v.shape, str(v.dtype)) for k, v in export_official(model, glip_model(variant)).items()}
   assert sorted(set(expected) - set(ours)) == [] and sorted(set(ours) - set(expected)) == []
   assert {k: s for k, s in ours.items() if s != expected[k]} == {}
 
@@ -144,20 +145,25 @@ def fixture_weights(reference_dir):
   return load_official_checkpoint(reference_dir / "weights.npz")
 
 
-def _fixture_model(reference_dir):
+def _fixture_config(reference_dir):
   from configs.model import fixture_model
-  cfg = fixture_model(json.loads((reference_dir / "config.json").read_text())["tiny_hparams"])
+  return fixture_model(json.loads((reference_dir / "config.json").read_text())["tiny_hparams"])
+
+
+def _fixture_model(reference_dir):
+  cfg = _fixture_config(reference_dir)
   return nnx.eval_shape(lambda: GLIP(cfg, rngs=nnx.Rngs(0)))
 
 
 def test_import_export_round_trip(reference_dir, fixture_weights):
-  model = _fixture_model(reference_dir)
+  """official fixture -> glipjax -> official, bit for bit, buffers included."""
+  model, cfg = _fixture_model(reference_dir), _fixture_config(reference_dir)
   ddp = {"module." + k: v for k, v in fixture_weights.items()}  # DDP-trained checkpoints prefix `module.`
-  import_official(model, ddp)
-  back = export_official(model)
-  expected = {k: v for k, v in fixture_weights.items() if not any(re.search(p, k) for p in IGNORE)}
-  assert set(back) == set(expected)
-  for k, v in expected.items():
+  import_official(model, ddp, cfg)
+  back = export_official(model, cfg)
+  assert set(back) == set(fixture_weights)
+  for k, v in fixture_weights.items():
+    assert back[k].dtype == v.dtype, k
     np.testing.assert_array_equal(back[k], v, err_msg=k)
   # A torch (out, in) Linear weight lands transposed.
   np.testing.assert_array_equal(np.asarray(model.head.dot_product_projection_text.kernel[...]),
@@ -174,6 +180,10 @@ def test_import_errors(reference_dir, fixture_weights):
   bad = dict(fixture_weights, **{"rpn.head.bbox_pred.weight": np.zeros((4, 64, 3, 3), np.float32)})
   with pytest.raises(ValueError, match="shape"):
     import_official(_fixture_model(reference_dir), bad)
+  other_window = _fixture_config(reference_dir)
+  other_window.swin.window_size += 1
+  with pytest.raises(ValueError, match="relative_position_index.*window_size"):
+    import_official(_fixture_model(reference_dir), fixture_weights, other_window)
 
 
 def test_checkpoint_files(tmp_path, fixture_weights):

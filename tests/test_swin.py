@@ -65,7 +65,7 @@ def test_matches_hf_swin_backbone_on_odd_image_size():
 
 
 def test_shift_mask_and_relative_index_are_the_official_constants():
-  idx = swin._relative_position_index(3)
+  idx = swin.relative_position_index(3)
   assert idx.shape == (9, 9) and idx[0, 0] == 12 and idx[0, 8] == 0 and idx[8, 0] == 24
   mask = swin._shift_mask(6, 6, 3, 1)
   assert mask.shape == (4, 9, 9)

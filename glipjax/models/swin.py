@@ -19,7 +19,7 @@ PIXELS = ("batch", "height", "width", "embed")
 
 
 @functools.lru_cache(maxsize=None)
-def _relative_position_index(window: int) -> np.ndarray:
+def relative_position_index(window: int) -> np.ndarray:
   coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
   rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (window - 1)
   return (rel[..., 0] * (2 * window - 1) + rel[..., 1]).astype(np.int32)
@@ -62,7 +62,7 @@ class WindowAttention(nnx.Module):
     q, k, v = q[:, :, :, 0], k[:, :, :, 0], v[:, :, :, 0]
     q = q * (c // h) ** -0.5
     attn = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k).astype(jnp.float32)  # bias, mask, softmax in float32
-    bias = self.relative_position_bias_table[...][_relative_position_index(self.window)]  # [N, N, heads]
+    bias = self.relative_position_bias_table[...][relative_position_index(self.window)]  # [N, N, heads]
     attn = attn + bias.transpose(2, 0, 1).astype(jnp.float32)
     if mask is not None:
       attn = attn + mask[None, :, None]

@@ -1,0 +1,50 @@
+"""Export a glipjax run's weights for PyTorch.
+
+  python -m glipjax.export --workdir runs/quickstart --format official --out glip.pth [--checkpoint DIR] [--ema]
+      [--module_prefix]
+
+`official`: a state dict with the keys, shapes and dtypes of the official `GeneralizedVLRCNN` (microsoft/GLIP),
+buffers included, so that `model.load_state_dict(sd, strict=True)` accepts it. `.pth` (torch.save of a flat
+state dict; needs torch) or `.safetensors` (always; tensors only). `--module_prefix` prefixes every key with
+`module.` as the official DDP training writes them. Default parameters: the checkpoint's trained ones; `--ema`
+the EMA ones.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags
+
+import glipjax  # noqa: F401
+from glipjax.interop import official, workdirs
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  out = pathlib.Path(f.out)
+  try:
+    if out.suffix not in (".pth", ".pt", ".safetensors"):
+      raise ValueError(f"--out {out}: the file name must end in .pth, .pt or .safetensors")
+    step, state = workdirs.official_state_from_workdir(f.workdir, checkpoint=f.checkpoint, ema=f.ema or False)
+    if f.module_prefix:
+      state = {"module." + k: v for k, v in state.items()}
+    official.save_state_dict(state, out)
+  except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
+    print(f"error: {e}".replace("\n", " "), file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(dict(out=str(out), format=f.format, step=int(step), tensors=len(state)), indent=2))
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "a glipjax workdir (config.json + checkpoints)")
+  flags.DEFINE_string("checkpoint", None, "a checkpoints folder (<run>/best, another run's) or one step of one; "
+                      "default: the newest intact one of the workdir")
+  flags.DEFINE_enum("format", "official", ["official"], "official: the microsoft/GLIP state dict")
+  flags.DEFINE_string("out", None, "the file to write: .pth, .pt or .safetensors")
+  flags.DEFINE_bool("ema", False, "export the EMA parameters (the run must keep them)")
+  flags.DEFINE_bool("module_prefix", False, "prefix every key with 'module.' (official DDP checkpoints)")
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)
