@@ -104,7 +104,6 @@ def test_convert_and_export_commands_round_trip(tmp_path, fixture_config, fixtur
 def test_converted_workdir_is_a_run(tmp_path, fixture_config, fixture_weights):
   """The trainer resumes a converted workdir at step 0 with the imported parameters (fine-tuning), and the
   inference restore reads them (EMA = parameters at conversion)."""
-  from ml_collections import config_flags  # noqa: F401 - the config file is a plain get_config module
   import importlib.util
   spec = importlib.util.spec_from_file_location("fixture_cfg", fixture_config)
   module = importlib.util.module_from_spec(spec)
