@@ -1,4 +1,4 @@
-"""Export a glipjax run's weights for PyTorch.
+"""Export a glipjax run's weights out of JAX.
 
   python -m glipjax.export --workdir runs/quickstart --format official --out glip.pth [--checkpoint DIR] [--ema]
       [--module_prefix]
@@ -21,28 +21,37 @@ import glipjax  # noqa: F401
 from glipjax.interop import official, workdirs
 
 
+def export_official(f) -> dict:
+  out = pathlib.Path(f.out)
+  if out.suffix not in (".pth", ".pt", ".safetensors"):
+    raise ValueError(f"--out {out}: the file name must end in .pth, .pt or .safetensors")
+  step, state = workdirs.official_state_from_workdir(f.workdir, checkpoint=f.checkpoint, ema=f.ema or False)
+  if f.module_prefix:
+    state = {"module." + k: v for k, v in state.items()}
+  official.save_state_dict(state, out)
+  return dict(out=str(out), format="official", step=int(step), tensors=len(state))
+
+
+# --format -> a function of the parsed flags that writes --out and returns a summary to print.
+EXPORTERS = {"official": export_official}
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
-  out = pathlib.Path(f.out)
   try:
-    if out.suffix not in (".pth", ".pt", ".safetensors"):
-      raise ValueError(f"--out {out}: the file name must end in .pth, .pt or .safetensors")
-    step, state = workdirs.official_state_from_workdir(f.workdir, checkpoint=f.checkpoint, ema=f.ema or False)
-    if f.module_prefix:
-      state = {"module." + k: v for k, v in state.items()}
-    official.save_state_dict(state, out)
-  except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
+    summary = EXPORTERS[f.format](f)
+  except (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError) as e:
     print(f"error: {e}".replace("\n", " "), file=sys.stderr)
     sys.exit(2)
-  print(json.dumps(dict(out=str(out), format=f.format, step=int(step), tensors=len(state)), indent=2))
+  print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "a glipjax workdir (config.json + checkpoints)")
   flags.DEFINE_string("checkpoint", None, "a checkpoints folder (<run>/best, another run's) or one step of one; "
                       "default: the newest intact one of the workdir")
-  flags.DEFINE_enum("format", "official", ["official"], "official: the microsoft/GLIP state dict")
+  flags.DEFINE_enum("format", "official", sorted(EXPORTERS), "official: the microsoft/GLIP state dict")
   flags.DEFINE_string("out", None, "the file to write: .pth, .pt or .safetensors")
   flags.DEFINE_bool("ema", False, "export the EMA parameters (the run must keep them)")
   flags.DEFINE_bool("module_prefix", False, "prefix every key with 'module.' (official DDP checkpoints)")
