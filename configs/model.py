@@ -42,7 +42,10 @@ def glip_model(variant: str = "glip_t_c") -> ml_collections.ConfigDict:
       dyrelu_reduction=4))
   m.head = ml_collections.ConfigDict(dict(
       num_classes=81,                # frozen, unused `cls_logits` conv with num_classes - 1 outputs
-      joint_embed=256, log_scale_init=0.0, prior_prob=0.01, logit_clamp=50000.0))
+      joint_embed=256, log_scale_init=0.0, prior_prob=0.01, logit_clamp=50000.0,
+      # Official USE_FUSED_FEATURES_DOT_PRODUCT: score the tower's (fused) text. Off (GLIP-T(A)): score the
+      # language backbone's last layer x attention mask, so a padded token's logit is exactly bias0.
+      use_fused_text=variant != "glip_t_a"))
   m.anchors = ml_collections.ConfigDict(dict(sizes=(64, 128, 256, 512, 1024), strides=(8, 16, 32, 64, 128)))
   m.dtype = "float32"        # compute dtype ("bfloat16": softmax, norms, grounding logits stay float32)
   m.param_dtype = "float32"  # parameter (master weight) dtype
@@ -68,8 +71,10 @@ def glip_model(variant: str = "glip_t_c") -> ml_collections.ConfigDict:
   return m
 
 
-def fixture_model(tiny_hparams: dict) -> ml_collections.ConfigDict:
-  """The model of a reference fixture folder (its config.json `tiny_hparams`), e.g. tiny_glip_t_c."""
+def fixture_model(tiny_hparams: dict, yacs_cfg: dict | None = None) -> ml_collections.ConfigDict:
+  """The model of a reference fixture folder (its config.json `tiny_hparams`, e.g. tiny_glip_t_c), with the
+  variant read from the official config (`yacs_cfg`: EARLY_FUSE_ON, USE_FUSED_FEATURES_DOT_PRODUCT, NUM_CONVS,
+  N_LAYERS) when given; without it GLIP-T(C)."""
   m = glip_model("glip_t_c")
   b = tiny_hparams["bert"]
   m.swin.update(embed_dim=tiny_hparams["swin_embed_dim"], depths=tuple(tiny_hparams["swin_depths"]),
@@ -85,4 +90,13 @@ def fixture_model(tiny_hparams: dict) -> ml_collections.ConfigDict:
   m.fpn.update(out_channels=c)
   m.dyhead.update(num_layers=n, channels=c, group_norm_groups=tiny_hparams["gn_groups"], layer_scale_init=1.0 / n)
   m.head.update(joint_embed=c)
+  if yacs_cfg is not None:
+    dyhead, fuse = yacs_cfg["MODEL"]["DYHEAD"], yacs_cfg["MODEL"]["DYHEAD"]["FUSE_CONFIG"]
+    if yacs_cfg["MODEL"]["LANGUAGE_BACKBONE"].get("N_LAYERS", 1) != 1:
+      raise ValueError("LANGUAGE_BACKBONE.N_LAYERS != 1 (a mean of several BERT layers) is not supported")
+    if dyhead["NUM_CONVS"] != n:
+      raise ValueError(f"DYHEAD.NUM_CONVS {dyhead['NUM_CONVS']} != tiny_hparams dyhead_num_convs {n}")
+    m.dyhead.fusion = bool(fuse["EARLY_FUSE_ON"])
+    m.head.use_fused_text = bool(fuse["USE_FUSED_FEATURES_DOT_PRODUCT"])
+    m.variant = "glip_t_c" if m.dyhead.fusion else "glip_t_a"
   return m

@@ -46,10 +46,14 @@ class VLDyHead(nnx.Module):
     self.bias_lang = L.param(rngs, nnx.initializers.zeros_init(), (lang_dim,), (None,), param_dtype)
     self.bias0 = L.param(rngs, nnx.initializers.constant(prior_bias), (1,), (None,), param_dtype)
     self.logit_clamp = h.logit_clamp
+    self.use_fused_text = h.get("use_fused_text", True)
 
   def __call__(self, visual, lang, lang_mask, *, deterministic: bool, capture: bool):
-    visual, lang, inter = self.dyhead_tower(visual, lang, lang_mask, deterministic=deterministic, capture=capture)
-    emb = lang / jnp.maximum(jnp.linalg.norm(lang, axis=-1, keepdims=True), 1e-12)
+    embedded = lang * lang_mask[..., None].astype(lang.dtype)  # the official language backbone's `embedded`
+    visual, fused, inter = self.dyhead_tower(visual, lang, lang_mask, deterministic=deterministic, capture=capture)
+    text = fused if self.use_fused_text else embedded
+    # F.normalize: a zero (padded) row stays zero, so it projects to the bias and its logit bias is bias0.
+    emb = text / jnp.maximum(jnp.linalg.norm(text, axis=-1, keepdims=True), 1e-12)
     tokens = self.dot_product_projection_text(emb / 2.0)                           # [B,T,C]
     token_bias = emb @ self.bias_lang[...] + self.bias0[...]                        # [B,T]
     inv_temp = jnp.exp(-self.log_scale[...])
