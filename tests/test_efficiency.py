@@ -97,7 +97,7 @@ def test_scanned_swin_matches_hf_on_odd_depths_and_sizes():
   with torch.no_grad():
     out = ref(torch.tensor(images), output_hidden_states=True)
   got = jax.jit(lambda x: ours(x))(jnp.asarray(images.transpose(0, 2, 3, 1)))
-  expected = [out.hidden_states[1].numpy().reshape(got[0].shape)]
+  expected = [out.hidden_states[1].numpy().transpose(0, 2, 3, 1)]  # stage 1 before downsampling, NCHW
   expected += [f.numpy().transpose(0, 2, 3, 1) for f in out.feature_maps[1:]]
   for i, (g, e) in enumerate(zip(got, expected)):
     np.testing.assert_allclose(np.asarray(g), e, atol=3e-5, err_msg=f"stage{i + 2}")

@@ -57,8 +57,8 @@ def test_matches_hf_swin_backbone_on_odd_image_size():
   with torch.no_grad():
     out = ref(torch.tensor(images), output_hidden_states=True)
   got = ours(jnp.asarray(images.transpose(0, 2, 3, 1)))
-  # stage 2 un-normalised: HF's flat hidden state of stage 1 before downsampling (index 0 is the embedding).
-  expected = [out.hidden_states[1].numpy().reshape(got[0].shape)]
+  # stage 2 un-normalised: HF's hidden state of stage 1 before downsampling (index 0 is the embedding), NCHW.
+  expected = [out.hidden_states[1].numpy().transpose(0, 2, 3, 1)]
   expected += [f.numpy().transpose(0, 2, 3, 1) for f in out.feature_maps[1:]]
   for i, (g, e) in enumerate(zip(got, expected)):
     np.testing.assert_allclose(np.asarray(g), e, atol=3e-5, err_msg=f"stage{i + 2}")

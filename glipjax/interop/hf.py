@@ -45,27 +45,38 @@ def load_bert_checkpoint(directory: str | pathlib.Path):
   return cfg, load_file(directory / "model.safetensors")
 
 
+# HF Swin names -> the official GLIP Swin names, for both HF layouts: the checkpoint files (what `save_pretrained`
+# writes in transformers 4.x and 5.x alike: `attention.self.query`, `intermediate.dense`, `output.dense`) and the
+# in-memory modules of transformers >= 5 (`model.state_dict()`: `attention.q_proj`, `attention.o_proj`,
+# `attention.relative_position_bias.relative_position_bias_table`, `mlp.fc1/fc2`, SwinBackbone's `swin.` prefix),
+# which 5.x renames the file names into on load (its conversion_mapping "swin" / "SwinBackbone").
+_SWIN_FROM_HF = (
+    (r"^(swin\.)?embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^(swin\.)?embeddings\.norm\.", "patch_embed.norm."),
+    (r"^(swin\.)?encoder\.layers\.", "layers."),
+    (r"\.layernorm_before\.", ".norm1."), (r"\.layernorm_after\.", ".norm2."),
+    (r"\.attention\.(self|relative_position_bias)\.relative_position_bias_table$",
+     ".attn.relative_position_bias_table"),
+    (r"\.attention\.(output\.dense|o_proj)\.", ".attn.proj."),
+    (r"\.intermediate\.dense\.", ".mlp.fc1."), (r"\.output\.dense\.", ".mlp.fc2."),
+    (r"^(swin\.)?hidden_states_norms\.stage(\d)\.", lambda m: f"norm{int(m.group(2)) - 1}."))
+_QKV = {"query": "query", "key": "key", "value": "value", "q_proj": "query", "k_proj": "key", "v_proj": "value"}
+
+
 def swin_state_from_hf(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """HF `SwinModel` / `SwinBackbone` keys -> the official GLIP Swin names (fusing query/key/value into qkv)."""
+  """HF `SwinModel` / `SwinBackbone` keys (checkpoint-file or transformers-5 module names) -> the official GLIP Swin
+  names (fusing query/key/value into qkv). SwinModel's final `layernorm` has no GLIP counterpart and is dropped."""
   out: dict[str, np.ndarray] = {}
-  renames = [(r"^(swin\.)?embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-             (r"^(swin\.)?embeddings\.norm\.", "patch_embed.norm."),
-             (r"^(swin\.)?encoder\.layers\.", "layers."),
-             (r"\.layernorm_before\.", ".norm1."), (r"\.layernorm_after\.", ".norm2."),
-             (r"\.attention\.self\.relative_position_bias_table", ".attn.relative_position_bias_table"),
-             (r"\.attention\.output\.dense\.", ".attn.proj."),
-             (r"\.intermediate\.dense\.", ".mlp.fc1."), (r"\.output\.dense\.", ".mlp.fc2."),
-             (r"^(swin\.)?hidden_states_norms\.stage(\d)\.", lambda m: f"norm{int(m.group(2)) - 1}.")]
   qkv: dict[str, dict[str, np.ndarray]] = {}
   for key, value in state.items():
     if "relative_position_index" in key or key.startswith(("pooler", "layernorm", "swin.layernorm")):
       continue
-    for pattern, repl in renames:
+    for pattern, repl in _SWIN_FROM_HF:
       key = re.sub(pattern, repl, key)
-    m = re.search(r"\.attention\.self\.(query|key|value)\.(weight|bias)$", key)
+    m = re.search(r"\.attention\.(?:self\.)?(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$", key)
     if m:
       base = key[:m.start()] + ".attn.qkv." + m.group(2)
-      qkv.setdefault(base, {})[m.group(1)] = np.asarray(value)
+      qkv.setdefault(base, {})[_QKV[m.group(1)]] = np.asarray(value)
       continue
     out[key] = np.asarray(value)
   for base, parts in qkv.items():
