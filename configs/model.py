@@ -39,7 +39,9 @@ def glip_model(variant: str = "glip_t_c") -> ml_collections.ConfigDict:
       # 'official' reproduces what GLIP's CUDA DCN reads for the coarser level (a prefix of the offset
       # buffer, fixture README §4.6); 'geometric' resizes the offsets to the coarse grid instead.
       dcn_offset_mode="official",
-      dyrelu_reduction=4))
+      dyrelu_reduction=4,
+      offset_init="official",        # DCN offset conv: "official" (PyTorch default, random) or "zeros" (mmcv)
+  ))
   m.head = ml_collections.ConfigDict(dict(
       num_classes=81,                # frozen, unused `cls_logits` conv with num_classes - 1 outputs
       joint_embed=256, log_scale_init=0.0, prior_prob=0.01, logit_clamp=50000.0,

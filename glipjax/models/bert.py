@@ -11,10 +11,18 @@ from glipjax.sharding import constrain
 TOKENS = ("batch", "length", "embed")
 
 
+def _init(style: str, fan_in: int) -> dict:
+  """Linear initialisers: "bert" (HF BERT's N(0, 0.02), the language backbone) or "torch" (PyTorch's defaults:
+  the official tower's BertEncoderLayers are plain torch modules, never passed through HF's _init_weights)."""
+  if style not in ("bert", "torch"):
+    raise ValueError(f"BERT init must be 'bert' or 'torch', got {style!r}")
+  return L.BERT_INIT if style == "bert" else L.torch_default_init(fan_in)
+
+
 class BertSelfAttention(nnx.Module):
-  def __init__(self, cfg, *, dtype, param_dtype, rngs):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  def __init__(self, cfg, *, init, dtype, param_dtype, rngs):
     h = cfg.hidden_size
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, **_init(init, h))
     self.query = L.Linear(h, h, axes=("embed", "heads"), **kw)
     self.key = L.Linear(h, h, axes=("embed", "heads"), **kw)
     self.value = L.Linear(h, h, axes=("embed", "heads"), **kw)
@@ -23,10 +31,10 @@ class BertSelfAttention(nnx.Module):
 
 
 class BertSelfOutput(nnx.Module):
-  def __init__(self, cfg, in_features, *, dtype, param_dtype, rngs):
+  def __init__(self, cfg, in_features, *, init, dtype, param_dtype, rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     in_axis = "heads" if in_features == cfg.hidden_size else "mlp"
-    self.dense = L.Linear(in_features, cfg.hidden_size, axes=(in_axis, "embed"), **kw)
+    self.dense = L.Linear(in_features, cfg.hidden_size, axes=(in_axis, "embed"), **_init(init, in_features), **kw)
     self.LayerNorm = L.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, **kw)
     self.dropout = nnx.Dropout(cfg.hidden_dropout, rngs=rngs)
 
@@ -35,24 +43,24 @@ class BertSelfOutput(nnx.Module):
 
 
 class BertAttention(nnx.Module):
-  def __init__(self, cfg, *, dtype, param_dtype, rngs):
-    self.self = BertSelfAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.output = BertSelfOutput(cfg, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  def __init__(self, cfg, *, init, dtype, param_dtype, rngs):
+    self.self = BertSelfAttention(cfg, init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.output = BertSelfOutput(cfg, cfg.hidden_size, init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class BertIntermediate(nnx.Module):
-  def __init__(self, cfg, *, dtype, param_dtype, rngs):
-    self.dense = L.Linear(cfg.hidden_size, cfg.intermediate_size, axes=("embed", "mlp"), dtype=dtype,
-                          param_dtype=param_dtype, rngs=rngs)
+  def __init__(self, cfg, *, init, dtype, param_dtype, rngs):
+    self.dense = L.Linear(cfg.hidden_size, cfg.intermediate_size, axes=("embed", "mlp"),
+                          **_init(init, cfg.hidden_size), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class BertLayer(nnx.Module):
   """Post-LN transformer layer. `attn_clamp` clamps the scaled scores before masking, as GLIP's tower layer does
-  (fixture README §4.5); the language backbone itself uses None."""
+  (fixture README §4.5); the language backbone itself uses None. `init`: see `_init`."""
 
-  def __init__(self, cfg, *, attn_clamp: float | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  def __init__(self, cfg, *, attn_clamp: float | None = None, init: str = "bert", dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    kw = dict(init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.attention = BertAttention(cfg, **kw)
     self.intermediate = BertIntermediate(cfg, **kw)
     self.output = BertSelfOutput(cfg, cfg.intermediate_size, **kw)

@@ -113,7 +113,9 @@ class Conv3x3Norm(nnx.Module):
   """A modulated deformable 3x3 conv (parameters held by an nnx.Conv, applied by `deform_conv`) + GroupNorm."""
 
   def __init__(self, channels: int, stride: int, groups: int, **kw):
-    self.conv = L.Conv(channels, channels, 3, kernel_init=nnx.initializers.normal(0.01), **kw)
+    # The official ModulatedDeformConv's own reset_parameters: U(+-1/sqrt(fan_in)) weights, zero bias (DyConv's
+    # normal(0, 0.01) init only reaches nn.Conv2d modules).
+    self.conv = L.Conv(channels, channels, 3, kernel_init=L.torch_default_init(9 * channels)["kernel_init"], **kw)
     self.bn = L.GroupNorm(channels, groups, **kw)
     self.stride = stride
 
@@ -123,8 +125,9 @@ class Conv3x3Norm(nnx.Module):
 
 class DyReLU(nnx.Module):
   def __init__(self, channels: int, reduction: int, **kw):
-    self.fc1 = L.Linear(channels, channels // reduction, axes=("embed", "mlp"), **kw)
-    self.fc2 = L.Linear(channels // reduction, 4 * channels, axes=("mlp", "embed"), **kw)
+    self.fc1 = L.Linear(channels, channels // reduction, axes=("embed", "mlp"), **L.torch_default_init(channels), **kw)
+    self.fc2 = L.Linear(channels // reduction, 4 * channels, axes=("mlp", "embed"),
+                        **L.torch_default_init(channels // reduction), **kw)
 
   def __call__(self, x):
     theta = h_sigmoid(self.fc2(jax.nn.relu(self.fc1(x.mean(axis=(1, 2))))))[:, None, None, :]
@@ -141,8 +144,13 @@ class DyConv(nnx.Module):
   def __init__(self, channels: int, cfg, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.DyConv = nnx.List([Conv3x3Norm(channels, s, cfg.group_norm_groups, **kw) for s in (1, 1, 2)])
-    self.offset = L.Conv(channels, 27, 3, padding=PAD1, axes=("conv_in", None),
-                         kernel_init=nnx.initializers.zeros_init(), **kw)
+    # "official": PyTorch's default conv init (the official offsets start random); "zeros": mmcv's / the DCNv2
+    # paper's zero offsets and masks of 0.5 (a regular 3x3 conv at the start).
+    if cfg.get("offset_init", "official") not in ("official", "zeros"):
+      raise ValueError(f"dyhead.offset_init must be 'official' or 'zeros', got {cfg.offset_init!r}")
+    offset_init = L.torch_default_init(9 * channels) if cfg.get("offset_init", "official") == "official" else \
+        dict(kernel_init=nnx.initializers.zeros_init())
+    self.offset = L.Conv(channels, 27, 3, padding=PAD1, axes=("conv_in", None), **offset_init, **kw)
     self.AttnConv = L.Conv(channels, 1, 1, axes=("conv_in", None), kernel_init=nnx.initializers.normal(0.01), **kw)
     self.relu = DyReLU(channels, cfg.dyrelu_reduction, **kw)
     if cfg.dcn_offset_mode not in ("official", "geometric"):
@@ -191,7 +199,7 @@ class DyHeadTower(nnx.Module):
       modules = []
       if d.fusion:
         modules += [VLFuse(d.channels, model_cfg.language.hidden_size, d, rngs=r, **kw),
-                    BertLayer(model_cfg.language, attn_clamp=d.attn_clamp, rngs=r, **kw)]
+                    BertLayer(model_cfg.language, attn_clamp=d.attn_clamp, init="torch", rngs=r, **kw)]
       return modules + [DyConv(d.channels, d, rngs=r, **kw)]
 
     self.members = 3 if d.fusion else 1

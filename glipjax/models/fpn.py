@@ -36,8 +36,9 @@ def drop_block(x: jax.Array, prob: float, block: int, key: jax.Array) -> jax.Arr
 
 class TopBlocks(nnx.Module):
   def __init__(self, channels: int, **kw):
-    self.p6 = L.Conv(channels, channels, 3, strides=2, padding=PAD1, kernel_init=nnx.initializers.he_uniform(), **kw)
-    self.p7 = L.Conv(channels, channels, 3, strides=2, padding=PAD1, kernel_init=nnx.initializers.he_uniform(), **kw)
+    init = nnx.initializers.variance_scaling(1.0, "fan_in", "uniform")  # kaiming_uniform(a=1), zero bias: official
+    self.p6 = L.Conv(channels, channels, 3, strides=2, padding=PAD1, kernel_init=init, **kw)
+    self.p7 = L.Conv(channels, channels, 3, strides=2, padding=PAD1, kernel_init=init, **kw)
 
 
 class FPN(nnx.Module):

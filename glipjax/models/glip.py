@@ -41,7 +41,8 @@ class VLDyHead(nnx.Module):
     self.bbox_pred = conv(4)
     self.centerness = conv(1)
     self.scales = nnx.List([Scale(rngs, param_dtype) for _ in model_cfg.anchors.strides])
-    self.dot_product_projection_text = L.Linear(lang_dim, h.joint_embed, axes=("embed", None), **kw)
+    self.dot_product_projection_text = L.Linear(lang_dim, h.joint_embed, axes=("embed", None),
+                                                **L.torch_default_init(lang_dim), **kw)
     self.log_scale = L.param(rngs, nnx.initializers.constant(h.log_scale_init), (1,), (None,), param_dtype)
     self.bias_lang = L.param(rngs, nnx.initializers.zeros_init(), (lang_dim,), (None,), param_dtype)
     self.bias0 = L.param(rngs, nnx.initializers.constant(prior_bias), (1,), (None,), param_dtype)

@@ -30,6 +30,21 @@ Axes = tuple[str | None, ...]
 default_kernel_init = nnx.initializers.lecun_normal()
 
 
+def _uniform(bound: float):
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_default_init(fan_in: int) -> dict:
+  """`kernel_init`/`bias_init` of PyTorch's nn.Linear / nn.Conv2d reset_parameters (kaiming-uniform with a=sqrt(5),
+  i.e. U(+-1/sqrt(fan_in)), and biases U(+-1/sqrt(fan_in))): what the official GLIP model's Swin, tower BERT layers,
+  DyReLU, text projection and DCN offset convs start from. `fan_in` = in_features (x kernel area for a conv)."""
+  return dict(kernel_init=_uniform(fan_in ** -0.5), bias_init=_uniform(fan_in ** -0.5))
+
+
+# HF BertPreTrainedModel._init_weights: Linear weights N(0, 0.02), zero biases (the language backbone).
+BERT_INIT = dict(kernel_init=nnx.initializers.normal(0.02), bias_init=nnx.initializers.zeros_init())
+
+
 def partitioned(init, axes: Axes):
   """An initializer that records logical axis names as the variable's sharding metadata."""
   return nnx.with_partitioning(init, axes)

@@ -49,10 +49,11 @@ class WindowAttention(nnx.Module):
   def __init__(self, dim: int, num_heads: int, window: int, qkv_bias: bool, *, dtype, param_dtype, rngs):
     self.num_heads, self.window = num_heads, window
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.qkv = L.Linear(dim, 3 * dim, axes=("embed", "heads"), use_bias=qkv_bias, **kw)
-    self.proj = L.Linear(dim, dim, axes=("heads", "embed"), **kw)
+    self.qkv = L.Linear(dim, 3 * dim, axes=("embed", "heads"), use_bias=qkv_bias, **L.torch_default_init(dim), **kw)
+    self.proj = L.Linear(dim, dim, axes=("heads", "embed"), **L.torch_default_init(dim), **kw)
+    # timm's trunc_normal_(std=.02) truncates at +-2 absolute: a plain N(0, 0.02) at this scale.
     self.relative_position_bias_table = L.param(
-        rngs, nnx.initializers.truncated_normal(0.02), ((2 * window - 1) ** 2, num_heads), (None, None), param_dtype)
+        rngs, nnx.initializers.normal(0.02), ((2 * window - 1) ** 2, num_heads), (None, None), param_dtype)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
     """x: [B, nW, N, C] windows; mask: [nW, N, N] or None."""
@@ -73,8 +74,9 @@ class WindowAttention(nnx.Module):
 
 class Mlp(nnx.Module):
   def __init__(self, dim: int, hidden: int, *, dtype, param_dtype, rngs):
-    self.fc1 = L.Linear(dim, hidden, axes=("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.fc2 = L.Linear(hidden, dim, axes=("mlp", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = L.Linear(dim, hidden, axes=("embed", "mlp"), **L.torch_default_init(dim), **kw)
+    self.fc2 = L.Linear(hidden, dim, axes=("mlp", "embed"), **L.torch_default_init(hidden), **kw)
 
   def __call__(self, x):
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
@@ -116,8 +118,8 @@ class SwinBlock(nnx.Module):
 class PatchMerging(nnx.Module):
   def __init__(self, dim: int, *, dtype, param_dtype, rngs):
     self.norm = L.LayerNorm(4 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.reduction = L.Linear(4 * dim, 2 * dim, axes=("embed", "embed"), use_bias=False, dtype=dtype,
-                              param_dtype=param_dtype, rngs=rngs)
+    self.reduction = L.Linear(4 * dim, 2 * dim, axes=("embed", "embed"), use_bias=False,
+                              **L.torch_default_init(4 * dim), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x):
     h, w = x.shape[1:3]
@@ -161,13 +163,11 @@ class SwinStage(nnx.Module):
 class PatchEmbed(nnx.Module):
   def __init__(self, patch: int, dim: int, *, dtype, param_dtype, rngs):
     self.patch = patch
-    # PyTorch's default conv bias init (uniform +-1/sqrt(fan_in)), as the official model gets it. A zero bias would
-    # make patches of the zero canvas padding constant across channels, and the LayerNorms that follow would
-    # then amplify gradients by 1/sqrt(eps) each (~1e15 through Swin-T's stages when training from scratch).
-    bound = 1.0 / (3 * patch * patch) ** 0.5
-    bias_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-    self.proj = L.Conv(3, dim, patch, strides=patch, padding="VALID", axes=(None, "embed"), bias_init=bias_init,
-                       dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    # PyTorch's default conv init, as the official model gets it. The random bias matters: a zero one would make
+    # patches of the zero canvas padding constant across channels, and the LayerNorms that follow would then
+    # amplify gradients by 1/sqrt(eps) each (~1e15 through Swin-T's stages when training from scratch).
+    self.proj = L.Conv(3, dim, patch, strides=patch, padding="VALID", axes=(None, "embed"),
+                       **L.torch_default_init(3 * patch * patch), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm = L.LayerNorm(dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x):
