@@ -49,6 +49,9 @@ def glip_model(variant: str = "glip_t_c") -> ml_collections.ConfigDict:
       # language backbone's last layer x attention mask, so a padded token's logit is exactly bias0.
       use_fused_text=variant != "glip_t_a"))
   m.anchors = ml_collections.ConfigDict(dict(sizes=(64, 128, 256, 512, 1024), strides=(8, 16, 32, 64, 128)))
+  # Official ADD_LINEAR_LAYER (prompt tuning, `rpn.tunable_linear`): a zero-initialised [rows, hidden] table whose
+  # first T rows are added to the text features before the head (1000 rows officially); 0: none.
+  m.tunable_linear_rows = 0
   m.dtype = "float32"        # compute dtype ("bfloat16": softmax, norms, grounding logits stay float32)
   m.param_dtype = "float32"  # parameter (master weight) dtype
   m.scan_layers = False      # BERT layers, Swin block pairs, DyHead repeats stacked on a "layers" axis, run by lax.scan

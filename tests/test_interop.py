@@ -101,14 +101,18 @@ def test_convert_and_export_commands_round_trip(tmp_path, fixture_config, fixtur
     np.testing.assert_array_equal(again[k], v, err_msg=k)
 
 
+def _load_config(path):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("fixture_cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def test_converted_workdir_is_a_run(tmp_path, fixture_config, fixture_weights):
   """The trainer resumes a converted workdir at step 0 with the imported parameters (fine-tuning), and the
   inference restore reads them (EMA = parameters at conversion)."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("fixture_cfg", fixture_config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = _load_config(fixture_config)
   workdirs.convert_official(fixture_weights, config, tmp_path / "run")
   saved = config_utils.load_workdir_config(tmp_path / "run")
   assert saved.data.tokenizer_path == str((tmp_path / "run" / "vocab.txt").absolute())
@@ -186,3 +190,30 @@ def test_strict_errors_name_the_key(tmp_path, fixture_weights, reference_dir):
   with pytest.raises(KeyError, match="not found"):
     workdirs.convert_official(missing, cfg, tmp_path / "c")
   assert not any((tmp_path / d).exists() for d in "abc")  # nothing written before the checks pass
+
+
+def test_prompt_tuned_checkpoint_imports_and_exports(tmp_path, fixture_config, fixture_weights):
+  """An official prompt-tuned checkpoint (`rpn.tunable_linear.weight`, ADD_LINEAR_LAYER) converts with its table
+  (the rows taken from the file), exports it back bit for bit, and the table's first T rows are added to the
+  language features (after masking), as the official RPN does."""
+  table = np.random.default_rng(0).normal(size=(1000, 64)).astype(np.float32)
+  state = dict(fixture_weights, **{"rpn.tunable_linear.weight": table})
+  config = _load_config(fixture_config)
+  summary = workdirs.convert_official(state, config, tmp_path / "run")
+  assert config_utils.load_workdir_config(tmp_path / "run").model.tunable_linear_rows == 1000
+  _, back = workdirs.official_state_from_workdir(tmp_path / "run")
+  np.testing.assert_array_equal(back["rpn.tunable_linear.weight"], table)
+  assert summary["parameters"] == len([k for k in state if not _is_buffer(k)])
+
+  cfg = config.model.copy_and_resolve_references()
+  cfg.tunable_linear_rows = 1000
+  model = nnx.eval_shape(lambda: GLIP(cfg, rngs=nnx.Rngs(0)))
+  official.import_official(model, state, cfg)
+  images = np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype(np.float32)
+  ids = np.array([[101, 7, 8, 102, 0, 0, 0, 0]], np.int32)
+  mask = (ids > 0).astype(np.int32)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # rest: abstract RNG state, unused when deterministic
+  inter, last = jax.jit(lambda p: (lambda m: (m(images, ids, mask, capture=True)["intermediates"],
+                                              m.encode_text(ids, mask)))(nnx.merge(graphdef, p, rest)))(params)
+  np.testing.assert_allclose(inter["lang_hidden"], last + table[:8], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(inter["lang_embedded"], last * mask[..., None] + table[:8], rtol=1e-6, atol=1e-6)

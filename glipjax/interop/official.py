@@ -19,21 +19,22 @@ RENAMES = (
     (r"^language_backbone\.body\.model\.", "language_backbone."),
     (r"^rpn\.head\.dyhead_tower\.", "head.dyhead_tower.dyhead_tower."),  # our tower module wraps the list
     (r"^rpn\.head\.", "head."),
+    (r"^rpn\.tunable_linear\.", "tunable_linear."),  # prompt tuning (model.tunable_linear_rows)
     (r"\.AttnConv\.1\.", ".AttnConv."),
     (r"\.relu\.fc\.0\.", ".relu.fc1."),
     (r"\.relu\.fc\.2\.", ".relu.fc2."),
 )
 # Official keys that are not parameters of ours, on import: the buffers we recompute from the config (checked
 # against it when the config is given: `official_buffers`), BERT's `position_ids` (arange(512), persistent in
-# the transformers releases GLIP was trained with, non-persistent since 4.31) and the prompt-tuning linear.
-IGNORE = (r"relative_position_index$", r"^rpn\.anchor_generator\.", r"embeddings\.position_ids$",
-          r"^rpn\.tunable_linear\.")
+# the transformers releases GLIP was trained with, non-persistent since 4.31).
+IGNORE = (r"relative_position_index$", r"^rpn\.anchor_generator\.", r"embeddings\.position_ids$")
 EXPORT_RENAMES = (
     (r"^backbone\.", "backbone.body."),
     (r"^fpn\.", "backbone.fpn."),
     (r"^language_backbone\.", "language_backbone.body.model."),
     (r"^head\.dyhead_tower\.dyhead_tower\.", "rpn.head.dyhead_tower."),
     (r"^head\.", "rpn.head."),
+    (r"^tunable_linear\.", "rpn.tunable_linear."),
     (r"\.AttnConv\.", ".AttnConv.1."),
     (r"\.relu\.fc1\.", ".relu.fc.0."),
     (r"\.relu\.fc2\.", ".relu.fc.2."),

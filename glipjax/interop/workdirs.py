@@ -13,6 +13,7 @@ import shutil
 from typing import Mapping
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -50,12 +51,17 @@ def convert_official(state_dict: Mapping[str, np.ndarray], config, workdir: str 
   workdir = pathlib.Path(workdir)
   if (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()):
     raise FileExistsError(f"{workdir} already holds checkpoints: convert into a new workdir")
+  config = config.copy_and_resolve_references()
+  tunable = official.strip_module_prefix(state_dict).get("rpn.tunable_linear.weight")
+  if tunable is not None and not config.model.get("tunable_linear_rows", 0):
+    # A prompt-tuned checkpoint (official ADD_LINEAR_LAYER): the table's rows come with it.
+    config.model.tunable_linear_rows = int(np.shape(tunable)[0])
+    logging.info("prompt-tuned checkpoint: model.tunable_linear_rows = %d", config.model.tunable_linear_rows)
   model = nnx.eval_shape(lambda: GLIP(config.model, rngs=nnx.Rngs(0)))
   assigned = official.import_official(model, state_dict, config.model)  # raises before anything is written
   ignored = sorted(k for k in official.strip_module_prefix(state_dict)
                    if any(re.search(p, k) for p in official.IGNORE))
   workdir.mkdir(parents=True, exist_ok=True)
-  config = config.copy_and_resolve_references()
   _copy_tokenizer(config, workdir, tokenizer)
   tok = runtime.prepare_tokenizer(config, workdir)
   if tok.vocab_size > config.model.language.vocab_size:
@@ -75,9 +81,10 @@ def convert_official(state_dict: Mapping[str, np.ndarray], config, workdir: str 
   return dict(workdir=str(workdir), parameters=len(assigned), ignored=ignored)
 
 
-def official_state_from_workdir(workdir: str | pathlib.Path, *, checkpoint: str | None = None,
-                                ema: bool | None = None, config=None) -> tuple[int, dict[str, np.ndarray]]:
-  """(step, official state dict with buffers) of a workdir's checkpoint (see `checkpoints.restore_params`)."""
+def model_from_workdir(workdir: str | pathlib.Path, *, checkpoint: str | None = None, ema: bool | None = None,
+                       config=None) -> tuple[int, GLIP, ml_collections.ConfigDict]:
+  """(step, GLIP model with the checkpoint's parameters as host numpy arrays, the workdir's config) of a workdir's
+  checkpoint (see `checkpoints.restore_params`: the EMA parameters when the run keeps them, or as `ema` asks)."""
   workdir = pathlib.Path(workdir)
   if config is None:
     config = config_utils.load_workdir_config(workdir)
@@ -86,4 +93,23 @@ def official_state_from_workdir(workdir: str | pathlib.Path, *, checkpoint: str 
     step, params = checkpoints.restore_params(s, workdir, checkpoint=checkpoint, ema=ema)
     params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
     model = nnx.merge(s.graphdef, params, s.init_rest())
+  return step, model, config
+
+
+def official_state_from_workdir(workdir: str | pathlib.Path, *, checkpoint: str | None = None,
+                                ema: bool | None = None, config=None) -> tuple[int, dict[str, np.ndarray]]:
+  """(step, official state dict with buffers) of a workdir's checkpoint (see `model_from_workdir`)."""
+  step, model, config = model_from_workdir(workdir, checkpoint=checkpoint, ema=ema, config=config)
   return step, official.export_official(model, config.model)
+
+
+def tokenizer_file(config, workdir: str | pathlib.Path) -> pathlib.Path | None:
+  """The tokenizer file a workdir's run encodes prompts with (what `runtime.prepare_tokenizer` reads): its own
+  `tokenizer.model` when the run trained a sentencepiece model, else `data.tokenizer_path`; None when unset."""
+  d = config.data
+  if d.tokenizer == "sentencepiece" and d.sentencepiece_vocab_size > 0:
+    return pathlib.Path(workdir) / "tokenizer.model"
+  if not d.tokenizer_path:
+    return None
+  path = pathlib.Path(d.tokenizer_path).expanduser()
+  return path / "vocab.txt" if path.is_dir() else path

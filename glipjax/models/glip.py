@@ -27,6 +27,14 @@ class Scale(nnx.Module):
     self.scale = L.param(rngs, nnx.initializers.ones_init(), (1,), (None,), param_dtype)
 
 
+class TunableLinear(nnx.Module):
+  """The official prompt-tuning table `rpn.tunable_linear.weight` [rows, hidden] (a bias-free nn.Linear's weight
+  used as a table): row t is added to token t's features, zero-initialised so that tuning starts at the model."""
+
+  def __init__(self, rows: int, hidden: int, *, rngs: nnx.Rngs, param_dtype):
+    self.weight = L.param(rngs, nnx.initializers.zeros_init(), (rows, hidden), (None, "embed"), param_dtype)
+
+
 class VLDyHead(nnx.Module):
   def __init__(self, model_cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -49,8 +57,8 @@ class VLDyHead(nnx.Module):
     self.logit_clamp = h.logit_clamp
     self.use_fused_text = h.get("use_fused_text", True)
 
-  def __call__(self, visual, lang, lang_mask, *, deterministic: bool, capture: bool):
-    embedded = lang * lang_mask[..., None].astype(lang.dtype)  # the official language backbone's `embedded`
+  def __call__(self, visual, lang, embedded, lang_mask, *, deterministic: bool, capture: bool):
+    """`lang`: the language backbone's last layer (the tower starts from it); `embedded`: its masked copy."""
     visual, fused, inter = self.dyhead_tower(visual, lang, lang_mask, deterministic=deterministic, capture=capture)
     text = fused if self.use_fused_text else embedded
     # F.normalize: a zero (padded) row stays zero, so it projects to the bias and its logit bias is bias0.
@@ -96,6 +104,12 @@ class GLIP(nnx.Module):
                    drop_block_size=model_cfg.fpn.drop_block_size, **kw)
     self.language_backbone = BertModel(model_cfg.language, **layered, **kw)
     self.head = VLDyHead(model_cfg, **kw)
+    rows = model_cfg.get("tunable_linear_rows", 0)
+    if rows and rows < model_cfg.max_query_len:
+      raise ValueError(f"model.tunable_linear_rows {rows} < model.max_query_len {model_cfg.max_query_len}: "
+                       "every token position needs a row")
+    self.tunable_linear = TunableLinear(rows, model_cfg.language.hidden_size, rngs=rngs,
+                                        param_dtype=kw["param_dtype"]) if rows else None
     self.out_indices = tuple(model_cfg.swin.out_indices)
     self.compute_dtype = kw["dtype"]
 
@@ -115,7 +129,11 @@ class GLIP(nnx.Module):
     stages = self._stages(images, deterministic)
     visual = self.fpn([stages[i] for i in self.out_indices], deterministic=deterministic)
     lang = self.encode_text(input_ids, attention_mask, deterministic=deterministic)
-    out, inter = self.head(visual, lang, attention_mask, deterministic=deterministic, capture=capture)
+    embedded = lang * attention_mask[..., None].astype(lang.dtype)  # the official language backbone's `embedded`
+    if self.tunable_linear is not None:  # added to both, after masking, as the official RPN does
+      prompt = self.tunable_linear.weight[...][:lang.shape[1]].astype(lang.dtype)
+      lang, embedded = lang + prompt, embedded + prompt
+    out, inter = self.head(visual, lang, embedded, attention_mask, deterministic=deterministic, capture=capture)
     out = {k: v.astype(jnp.float32) for k, v in out.items()}
     if capture:
       inter.update({f"backbone_stage{i + 2}": s for i, s in enumerate(stages)})
@@ -123,8 +141,8 @@ class GLIP(nnx.Module):
       m = attention_mask.astype(lang.dtype)
       inter["lang_hidden"] = lang
       inter["lang_masks"] = attention_mask
-      inter["lang_embedded"] = lang * m[..., None]
-      inter["lang_aggregate"] = inter["lang_embedded"].sum(1) / m.sum(1, keepdims=True)  # informational only
+      inter["lang_embedded"] = embedded
+      inter["lang_aggregate"] = embedded.sum(1) / m.sum(1, keepdims=True)  # informational only
       out["intermediates"] = inter
     return out
 
