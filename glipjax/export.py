@@ -8,6 +8,14 @@ buffers included, so that `model.load_state_dict(sd, strict=True)` accepts it. `
 state dict; needs torch) or `.safetensors` (always; tensors only). `--module_prefix` prefixes every key with
 `module.` as the official DDP training writes them. Default parameters: the checkpoint's trained ones; `--ema`
 the EMA ones.
+
+  python -m glipjax.export --workdir runs/quickstart --format hf --out glip_hf [--checkpoint DIR] [--ema]
+
+`hf`: the image and text encoders as HF transformers model directories (`glipjax.interop.hf.write_hf_encoders`):
+`glip_hf/swin/` for `SwinBackbone.from_pretrained` (feature_maps = the backbone's normalised stages, NCHW) and
+`glip_hf/bert/` for `BertModel.from_pretrained(..., add_pooling_layer=False)` (last_hidden_state = the language
+backbone's), each config.json + model.safetensors, plus the run's WordPiece vocab.txt + tokenizer_config.json
+(BertTokenizer / BertTokenizerFast). Needs neither torch nor transformers. --out must be new or empty.
 """
 from __future__ import annotations
 
@@ -32,8 +40,16 @@ def export_official(f) -> dict:
   return dict(out=str(out), format="official", step=int(step), tensors=len(state))
 
 
+def export_hf(f) -> dict:
+  from glipjax.interop import hf
+  out = hf.check_output_dir(f.out)  # before the restore: never overwrites
+  step, model, config = workdirs.model_from_workdir(f.workdir, checkpoint=f.checkpoint, ema=f.ema or False)
+  summary = hf.write_hf_encoders(model, config, out, tokenizer_file=workdirs.tokenizer_file(config, f.workdir))
+  return dict(summary, format="hf", step=int(step))
+
+
 # --format -> a function of the parsed flags that writes --out and returns a summary to print.
-EXPORTERS = {"official": export_official}
+EXPORTERS = {"official": export_official, "hf": export_hf}
 
 
 def main(argv):
@@ -51,8 +67,10 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "a glipjax workdir (config.json + checkpoints)")
   flags.DEFINE_string("checkpoint", None, "a checkpoints folder (<run>/best, another run's) or one step of one; "
                       "default: the newest intact one of the workdir")
-  flags.DEFINE_enum("format", "official", sorted(EXPORTERS), "official: the microsoft/GLIP state dict")
-  flags.DEFINE_string("out", None, "the file to write: .pth, .pt or .safetensors")
+  flags.DEFINE_enum("format", "official", sorted(EXPORTERS), "official: the microsoft/GLIP state dict; "
+                    "hf: the Swin and BERT encoders as HF transformers model directories")
+  flags.DEFINE_string("out", None, "official: the file to write (.pth, .pt or .safetensors); hf: a new or empty "
+                      "directory (swin/ and bert/ go in it)")
   flags.DEFINE_bool("ema", False, "export the EMA parameters (the run must keep them)")
   flags.DEFINE_bool("module_prefix", False, "prefix every key with 'module.' (official DDP checkpoints)")
   flags.mark_flags_as_required(["workdir", "out"])
