@@ -63,9 +63,12 @@ def _is_buffer(key):
 
 
 def test_convert_and_export_commands_round_trip(tmp_path, fixture_config, fixture_weights):
-  """official (.pth, DDP keys, model + model_ema) -> convert --ema -> workdir -> export -> the same tensors, bit for
-  bit, buffers and dtypes included; exported again through a second convert, still the same."""
+  """official (.pth, DDP keys, model + model_ema, prompt-tuned) -> convert --ema -> workdir -> export -> the same
+  tensors, bit for bit, buffers and dtypes included; exported again through a second convert, still the same."""
   torch = pytest.importorskip("torch")
+  # A prompt-tuned checkpoint (official ADD_LINEAR_LAYER): its table comes in and goes out under its name.
+  fixture_weights = dict(fixture_weights, **{"rpn.tunable_linear.weight": np.random.default_rng(0).normal(
+      size=(1000, 64)).astype(np.float32)})
   ema = {k: v if _is_buffer(k) else v + np.asarray(1, v.dtype) for k, v in fixture_weights.items()}
   torch.save({"model": {"module." + k: torch.from_numpy(v) for k, v in fixture_weights.items()},
               "model_ema": {"module." + k: torch.from_numpy(v) for k, v in ema.items()}, "iteration": 90000},
@@ -76,6 +79,7 @@ def test_convert_and_export_commands_round_trip(tmp_path, fixture_config, fixtur
   assert summary["parameters"] == len(fixture_weights) - 10  # 5 relative_position_index + 5 cell_anchors
   assert summary["ignored"] == sorted(k for k in fixture_weights if _is_buffer(k))
   assert (tmp_path / "run" / "vocab.txt").is_file() and (tmp_path / "run" / "checkpoints" / "0").is_dir()
+  assert config_utils.load_workdir_config(tmp_path / "run").model.tunable_linear_rows == 1000
 
   _cli("glipjax.export", "--workdir", str(tmp_path / "run"), "--format", "official",
        "--out", str(tmp_path / "export.safetensors"))
@@ -192,20 +196,12 @@ def test_strict_errors_name_the_key(tmp_path, fixture_weights, reference_dir):
   assert not any((tmp_path / d).exists() for d in "abc")  # nothing written before the checks pass
 
 
-def test_prompt_tuned_checkpoint_imports_and_exports(tmp_path, fixture_config, fixture_weights):
-  """An official prompt-tuned checkpoint (`rpn.tunable_linear.weight`, ADD_LINEAR_LAYER) converts with its table
-  (the rows taken from the file), exports it back bit for bit, and the table's first T rows are added to the
-  language features (after masking), as the official RPN does."""
+def test_prompt_tuning_table_is_added_to_the_text_features(fixture_config, fixture_weights):
+  """The prompt-tuning table's first T rows are added to the language features (to the masked copy after
+  masking, so padded rows are no longer zero), as the official RPN does with ADD_LINEAR_LAYER."""
   table = np.random.default_rng(0).normal(size=(1000, 64)).astype(np.float32)
   state = dict(fixture_weights, **{"rpn.tunable_linear.weight": table})
-  config = _load_config(fixture_config)
-  summary = workdirs.convert_official(state, config, tmp_path / "run")
-  assert config_utils.load_workdir_config(tmp_path / "run").model.tunable_linear_rows == 1000
-  _, back = workdirs.official_state_from_workdir(tmp_path / "run")
-  np.testing.assert_array_equal(back["rpn.tunable_linear.weight"], table)
-  assert summary["parameters"] == len([k for k in state if not _is_buffer(k)])
-
-  cfg = config.model.copy_and_resolve_references()
+  cfg = _load_config(fixture_config).model
   cfg.tunable_linear_rows = 1000
   model = nnx.eval_shape(lambda: GLIP(cfg, rngs=nnx.Rngs(0)))
   official.import_official(model, state, cfg)
