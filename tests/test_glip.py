@@ -53,6 +53,25 @@ def test_export_layout_matches_official_state_dict(abstract, reference_dir):
   assert {k: s for k, s in ours.items() if s != expected[k]} == {}
 
 
+@pytest.mark.parametrize("variant", ["glip_t_a", "glip_t_b"])
+def test_export_layout_of_the_other_glip_t_variants(variant, reference_dir):
+  """GLIP-T(B) is GLIP-T(C)'s architecture (they differ in data); GLIP-T(A)'s tower is the DyConvs alone, so its
+  official keys are GLIP-T(C)'s without the VLFuse / BERT tower layers and with DyConv i at index i."""
+  official = json.loads((reference_dir.parent / SHAPES_JSON["glip_t_c"]).read_text())
+  expected = {}
+  for k, v in official.items():
+    m = re.match(r"rpn\.head\.dyhead_tower\.(\d+)\.(.*)", k)
+    if variant == "glip_t_a" and m:
+      if int(m.group(1)) % 3 != 2:
+        continue
+      k = f"rpn.head.dyhead_tower.{int(m.group(1)) // 3}.{m.group(2)}"
+    expected[k] = (tuple(v["shape"]), v["dtype"])
+  model = summary.abstract_model(glip_model(variant))
+  ours = {k: (v.shape, str(v.dtype)) for k, v in export_official(model, glip_model(variant)).items()}
+  assert sorted(set(expected) - set(ours)) == [] and sorted(set(ours) - set(expected)) == []
+  assert {k: s for k, s in ours.items() if s != expected[k]} == {}
+
+
 def test_every_param_has_logical_axes():
   model = summary.abstract_model(glip_model("tiny"))
   bad = []
