@@ -115,10 +115,11 @@ def swin_hf_config(swin_cfg) -> dict:
   """The HF `SwinConfig` (config.json) of a `configs.model` Swin config, as a `SwinBackbone` whose `out_features`
   are GLIP's normalised stages (`out_indices` i -> "stage{i+1}"; HF's index 0 is the stem).
 
-  `image_size` only sizes HF's absolute position embeddings (off) and, in transformers 4.x, the resolution each
-  block is built for: a stage built no larger than the window gets its shift turned off there. It is set to the
-  smallest size whose every stage exceeds the window (GLIP-T: 256), so 4.x keeps every shifted block as GLIP does;
-  5.x's SwinBackbone partitions every stage as the official Swin does, whatever the image size."""
+  SwinBackbone partitions every stage into windows as GLIP's Swin does, at any image size. `image_size` sizes
+  nothing GLIP uses (HF's absolute position embeddings, off); it is set to the smallest input whose every stage
+  is larger than the window (GLIP-T: 256), the size from which HF `SwinModel` computes the same stages too: on a
+  stage no larger than the window, SwinModel turns the shift off and shrinks the window (a different result at
+  224 x 224, a shape error on smaller stages)."""
   depths = [int(d) for d in swin_cfg.depths]
   out_indices = sorted(int(i) for i in swin_cfg.out_indices)
   return dict(
