@@ -11,9 +11,9 @@ Converted by jax2onnx, which lowers the jitted function's jaxpr op by op into ON
 initializers). Limits:
 - Shapes are static: batch, image size and prompt length are chosen at export (one file per canvas; glipjax's
   own aspect-ratio buckets are a handful of canvases). The anchors depend only on the canvas.
-- The deformable convs are expressed as what glipjax computes: the four bilinear corners gathered with
-  GatherND-style index arithmetic and a weighted sum, then a matmul; no DeformConv op is needed (ONNX's
-  DeformConv, opset 19, has no modulated-offset quirk of GLIP's CUDA kernel that glipjax reproduces).
+- The deformable convs convert as glipjax computes them (glipjax/models/dcn.py): the four bilinear corners
+  gathered from the flattened input, weighted, masked and contracted with the kernel, so the official kernel's
+  offset-read quirk is kept. ONNX's DeformConv op (opset 19) is not used: runtimes without it run the model.
 - Post-processing (score aggregation per phrase, top-k, box decoding, NMS) stays outside: run
   `glipjax.ops.postprocess` semantics in the caller.
 - Conversion time grows with the op count (about a minute for the tiny model on 2 CPU cores, much more for
