@@ -5,7 +5,7 @@ Inputs (static shapes, fixed at export):
   input_ids       int32   [B, T]        token ids of the prompt (any prompt: BERT runs inside the graph)
   attention_mask  int32   [B, T]        1 for tokens, 0 for padding
 Outputs, over all anchors of P3..P7 (row-major within a level, levels concatenated):
-  dot_product_logits [B, A, T], box_regression [B, A, 4] (deltas for `glipjax.ops.box_coder`), centerness [B, A]
+  dot_product_logits [B, A, T], box_regression [B, A, 4] (deltas for `glipjax.ops.boxes.decode`), centerness [B, A]
 
 Converted by jax2onnx, which lowers the jitted function's jaxpr op by op into ONNX (opset 23; the parameters are
 initializers). Limits:
