@@ -6,15 +6,21 @@ import re
 from glipjax.tools import parity
 
 
-def test_parity_tool_passes_on_the_official_fixture(reference_dir, capsys):
-  code = parity.main(["--reference", str(reference_dir)])
+def _assert_parity(folder, capsys, *, at_least: int, names: tuple[str, ...]):
+  """The parity tool passes on `folder`, compares at least `at_least` outputs, and `names` among them."""
+  code = parity.main(["--reference", str(folder)])
   out = capsys.readouterr().out
   assert code == 0, out
   m = re.search(r"(\d+)/(\d+) outputs within tolerance", out)
-  assert m and m.group(1) == m.group(2) and int(m.group(2)) >= 128, out
-  for name in ("tower5_dyconv_visual_l0", "dot_product_logits_l0", "loss_dot_product_token",
-               "grad.rpn.head.log_scale", "post_img1_boxes"):
+  assert m and m.group(1) == m.group(2) and int(m.group(2)) >= at_least, out
+  for name in names:
     assert re.search(rf"^{re.escape(name)}\s.*yes$", out, re.M), name
+
+
+def test_parity_tool_passes_on_the_official_fixture(reference_dir, capsys):
+  _assert_parity(reference_dir, capsys, at_least=128, names=(
+      "tower5_dyconv_visual_l0", "dot_product_logits_l0", "loss_dot_product_token", "grad.rpn.head.log_scale",
+      "post_img1_boxes"))
 
 
 def test_parity_tool_rejects_a_folder_without_fixture(tmp_path, capsys):
@@ -61,11 +67,6 @@ def test_parity_tool_reads_the_variant_glip_t_a(reference_dir, tmp_path, capsys)
   kept = _glip_t_a_fixture(reference_dir, tmp_path)
   padded = kept["lang_masks"] == 0
   assert padded.any()  # the fixture's sample 0 is padded: the rule is exercised
-  code = parity.main(["--reference", str(tmp_path)])
-  out = capsys.readouterr().out
-  assert code == 0, out
-  m = re.search(r"(\d+)/(\d+) outputs within tolerance", out)
-  assert m and m.group(1) == m.group(2) and int(m.group(2)) >= 25, out
-  for name in ("head_dot_product_proj_tokens", "head_dot_product_proj_tokens_input", "atss_positive_img0",
-               "lang_embedded", "fpn_p7"):
-    assert re.search(rf"^{re.escape(name)}\s.*yes$", out, re.M), name
+  _assert_parity(tmp_path, capsys, at_least=25, names=(
+      "head_dot_product_proj_tokens", "head_dot_product_proj_tokens_input", "atss_positive_img0", "lang_embedded",
+      "fpn_p7"))
