@@ -6,6 +6,7 @@ CUDA `ml_nms` semantics ("+1" areas, suppress when IoU > thresh) and the per-ima
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import jax
@@ -28,11 +29,12 @@ def nms_keep(boxes: jnp.ndarray, scores: jnp.ndarray, labels: jnp.ndarray, valid
   b, l, v = boxes[order], labels[order], valid[order]
   suppress = (box_ops.pairwise_iou(b, b) > thresh) & (l[:, None] == l[None, :])
 
-  def body(i, keep):
+  def body(i, carry):  # `suppress` rides in the carry, not the closure: jax2onnx's Loop lowering needs it so
+    keep, sup = carry
     earlier_kept = keep & (jnp.arange(keep.shape[0]) < i)
-    return keep.at[i].set(keep[i] & ~jnp.any(earlier_kept & suppress[:, i]))
+    return keep.at[i].set(keep[i] & ~jnp.any(earlier_kept & sup[:, i])), sup
 
-  keep_sorted = jax.lax.fori_loop(0, b.shape[0], body, v)
+  keep_sorted, _ = jax.lax.fori_loop(0, b.shape[0], body, (v, suppress))
   return jnp.zeros_like(valid).at[order].set(keep_sorted)
 
 
@@ -56,27 +58,34 @@ def _candidates(logits, box_reg, ctr, anchors, counts, label_map, label_mask, hw
   return [jnp.concatenate(x) for x in zip(*out)]
 
 
+def postprocess_image(logits, box_reg, ctr, label_token_map, label_mask, image_hw, *, anchors,
+                      level_counts: Sequence[int], pre_nms_thresh: float = 0.05, pre_nms_top_n: int = 1000,
+                      nms_thresh: float = 0.6, detections_per_img: int = 100) -> dict[str, jnp.ndarray]:
+  """One image's detections (`postprocess` maps it over the batch): logits [A,T], box_reg [A,4], ctr [A],
+  label_token_map [L,T], label_mask [L], image_hw [2] -> boxes [K,4], scores [K], labels [K], valid [K]."""
+  hw = jnp.asarray(image_hw, jnp.float32)
+  bx, sc, lb, ok = _candidates(logits, box_reg, ctr, jnp.asarray(anchors), level_counts,
+                               label_token_map.astype(jnp.float32), label_mask, hw, pre_nms_thresh, pre_nms_top_n)
+  keep = nms_keep(bx, sc, lb, ok, nms_thresh)
+  k = min(detections_per_img, sc.shape[0])
+  top, idx = jax.lax.top_k(jnp.where(keep, sc, -jnp.inf), k)
+  res = dict(boxes=bx[idx], scores=jnp.where(jnp.isfinite(top), top, 0.0), labels=lb[idx], valid=jnp.isfinite(top))
+  pad = detections_per_img - k
+  return jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)), res)
+
+
 def postprocess(outputs: Mapping[str, jnp.ndarray], anchors, level_counts: Sequence[int],
                 label_token_map: jnp.ndarray, label_mask: jnp.ndarray, image_hw: jnp.ndarray, *,
                 pre_nms_thresh: float = 0.05, pre_nms_top_n: int = 1000, nms_thresh: float = 0.6,
                 detections_per_img: int = 100) -> dict[str, jnp.ndarray]:
   """Detections per image: boxes [B,K,4] (xyxy, network-input pixels), scores [B,K], labels [B,K] (1-based rows of
   `label_token_map`), valid [B,K]; sorted by score. `label_token_map` is [L,T] (shared) or [B,L,T]."""
-  anchors = jnp.asarray(anchors)
   b = outputs["dot_product_logits"].shape[0]
   label_token_map = jnp.broadcast_to(label_token_map, (b,) + label_token_map.shape[-2:]).astype(jnp.float32)
   label_mask = jnp.broadcast_to(label_mask, (b, label_token_map.shape[1]))
-
-  def one(logits, box_reg, ctr, lmap, lmask, hw):
-    bx, sc, lb, ok = _candidates(logits, box_reg, ctr, anchors, level_counts, lmap, lmask, hw, pre_nms_thresh,
-                                 pre_nms_top_n)
-    keep = nms_keep(bx, sc, lb, ok, nms_thresh)
-    k = min(detections_per_img, sc.shape[0])
-    top, idx = jax.lax.top_k(jnp.where(keep, sc, -jnp.inf), k)
-    res = dict(boxes=bx[idx], scores=jnp.where(jnp.isfinite(top), top, 0.0), labels=lb[idx], valid=jnp.isfinite(top))
-    pad = detections_per_img - k
-    return jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)), res)
-
+  one = functools.partial(postprocess_image, anchors=anchors, level_counts=level_counts,
+                          pre_nms_thresh=pre_nms_thresh, pre_nms_top_n=pre_nms_top_n, nms_thresh=nms_thresh,
+                          detections_per_img=detections_per_img)
   return jax.vmap(one)(outputs["dot_product_logits"], outputs["box_regression"], outputs["centerness"],
                        label_token_map, label_mask, jnp.asarray(image_hw, jnp.float32))
 
