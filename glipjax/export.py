@@ -18,11 +18,12 @@ backbone's), each config.json + model.safetensors, plus the run's WordPiece voca
 (BertTokenizer / BertTokenizerFast). Needs neither torch nor transformers. --out must be new or empty.
 
   python -m glipjax.export --workdir runs/quickstart --format onnx --out glip.onnx [--image_size H,W]
-      [--text_len T] [--batch B]
+      [--text_len T] [--batch B] [--postprocess [--max_phrases L]]
 
 `onnx`: the whole detector (normalised image + token ids + attention mask -> grounding logits, box deltas,
 centerness over all anchors), the text encoder included, at the static shapes given (default: the config's
-`data.canvas`, `model.max_query_len`, batch 1); see `glipjax.interop.onnx_model` for the limits.
+`data.canvas`, `model.max_query_len`, batch 1); `--postprocess [--max_phrases L]` adds the detections (boxes,
+scores, phrase labels) of the run's evaluation post-processing; see `glipjax.interop.onnx_model` for the limits.
 """
 from __future__ import annotations
 
@@ -72,11 +73,15 @@ def export_onnx(f) -> dict:
   size = _image_size(f.image_size, config)
   text_len = f.text_len or config.model.max_query_len
   onnx_model.check_shapes(config.model, batch=f.batch, image_size=size, text_len=text_len)
+  postprocess = onnx_model.postprocess_options(config, max_phrases=f.max_phrases) if f.postprocess else None
+  if postprocess:
+    onnx_model.check_postprocess(postprocess)
   if pathlib.Path(f.out).exists():
     raise FileExistsError(f"--out {f.out} exists: choose a new file")
   step, model, config = workdirs.model_from_workdir(f.workdir, checkpoint=f.checkpoint, ema=f.ema or False,
                                                     config=config)
-  summary = onnx_model.export_onnx(model, config.model, f.out, batch=f.batch, image_size=size, text_len=text_len)
+  summary = onnx_model.export_onnx(model, config.model, f.out, batch=f.batch, image_size=size, text_len=text_len,
+                                   postprocess=postprocess)
   return dict(summary, format="onnx", step=int(step))
 
 
@@ -109,5 +114,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("image_size", None, "onnx: the canvas H,W, multiples of 32 (default: the config's data.canvas)")
   flags.DEFINE_integer("text_len", None, "onnx: the prompt length in tokens (default: model.max_query_len)")
   flags.DEFINE_integer("batch", 1, "onnx: the batch size")
+  flags.DEFINE_bool("postprocess", False, "onnx: also the detections (glipjax.ops.postprocess with the run's eval "
+                    "thresholds); adds the phrase_map, phrase_mask and image_hw inputs")
+  flags.DEFINE_integer("max_phrases", None, "onnx --postprocess: phrases per prompt (default: data.max_phrases)")
   flags.mark_flags_as_required(["workdir", "out"])
   app.run(main)

@@ -14,8 +14,11 @@ initializers). Limits:
 - The deformable convs convert as glipjax computes them (glipjax/models/dcn.py): the four bilinear corners
   gathered from the flattened input, weighted, masked and contracted with the kernel, so the official kernel's
   offset-read quirk is kept. ONNX's DeformConv op (opset 19) is not used: runtimes without it run the model.
-- Post-processing (score aggregation per phrase, top-k, box decoding, NMS) stays outside: run
-  `glipjax.ops.postprocess` semantics in the caller.
+- Post-processing (per-phrase scores, top-k, box decoding, class-aware NMS: `glipjax.ops.postprocess`) is in the
+  graph only when asked (`postprocess=`, `--postprocess`), with the run's `eval` thresholds and L phrases per
+  prompt fixed at export; the exact greedy NMS becomes an ONNX Loop over the candidates (not ONNX's
+  NonMaxSuppression, whose box and tie conventions differ). Mapping boxes back to the original image and
+  phrases to categories stays with the caller.
 - Conversion time: a few seconds for the tiny model, ~45 s for GLIP-T(C)'s 23.8 k nodes on 2 CPU cores (with
   `_linear_time_checks`: jax2onnx 0.17.1 alone is quadratic in the op count); the file holds float32 parameters
   (GLIP-T: ~0.9 GB; above 2 GB the weights go to an external file). `convert` of a model with abstract
@@ -33,6 +36,9 @@ import numpy as np
 
 INPUTS = ("images", "input_ids", "attention_mask")
 OUTPUTS = ("dot_product_logits", "box_regression", "centerness")
+# With post-processing (`postprocess=`, `--postprocess`): what `glipjax.ops.postprocess` reads and gives.
+POSTPROCESS_INPUTS = ("phrase_map", "phrase_mask", "image_hw")
+DETECTIONS = ("boxes", "scores", "labels", "valid")
 _TWO_GB = 2 ** 31
 
 
@@ -42,7 +48,8 @@ def _converter():
   except ImportError as e:  # an optional dependency: test extras
     raise ImportError("--format onnx needs jax2onnx, onnx and onnxruntime: "
                       "pip install -r requirements-test.txt (jax2onnx==0.17.1 --no-deps, see the Makefile)") from e
-  logging.getLogger("jax2onnx").setLevel(logging.ERROR)
+  logging.getLogger("jax2onnx").setLevel(logging.ERROR)  # e.g. its unused equinox plugins
+  logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)  # value infos of loop bodies it leaves untyped
   return to_onnx
 
 
@@ -112,14 +119,52 @@ def check_shapes(model_cfg, *, batch: int, image_size: tuple[int, int], text_len
     raise ValueError(f"--text_len {text_len}: must be between 1 and model.max_query_len {model_cfg.max_query_len}")
 
 
+def postprocess_options(config, *, max_phrases: int | None = None) -> dict:
+  """The post-processing a run evaluates with (its `eval` thresholds), for `convert(postprocess=...)`;
+  `max_phrases` (L, default the config's `data.max_phrases`): the phrases one prompt may hold."""
+  e = config.eval
+  phrases = config.data.max_phrases if max_phrases is None else max_phrases
+  return dict(max_phrases=int(phrases), pre_nms_thresh=float(e.pre_nms_thresh),
+              pre_nms_top_n=int(e.pre_nms_top_n), nms_thresh=float(e.nms_thresh),
+              detections_per_img=int(e.detections_per_img))
+
+
+def check_postprocess(options: dict) -> None:
+  for key, flag in (("max_phrases", "--max_phrases"), ("pre_nms_top_n", "eval.pre_nms_top_n"),
+                    ("detections_per_img", "eval.detections_per_img")):
+    if options[key] < 1:
+      raise ValueError(f"post-processing: {flag} must be >= 1, got {options[key]}")
+
+
+def _detections(model_cfg, image_size, options, out, phrase_map, phrase_mask, image_hw):
+  """`glipjax.ops.postprocess` image by image (jax2onnx's NMS loop has no batching rule: no vmap)."""
+  import jax.numpy as jnp
+  from glipjax.ops import anchors as anchor_ops
+  from glipjax.ops.postprocess import postprocess_image
+  a = model_cfg.anchors
+  anchors, counts = anchor_ops.for_canvas(tuple(image_size), tuple(a.strides), tuple(a.sizes))
+  kw = {k: v for k, v in options.items() if k != "max_phrases"}
+  per_image = [postprocess_image(*(x[i] for x in (out["dot_product_logits"], out["box_regression"],
+                                                  out["centerness"], phrase_map, phrase_mask, image_hw)),
+                                 anchors=anchors, level_counts=counts, **kw)
+               for i in range(phrase_map.shape[0])]
+  return tuple(jnp.stack([d[k] for d in per_image]) for k in DETECTIONS)
+
+
 def _param_name(path) -> str:
   """'param:backbone/layers/0/...' of a parameter's pytree path (the Variable's `.value` dropped)."""
   parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
   return "param:" + "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)
 
 
-def convert(model, model_cfg, *, batch: int, image_size: tuple[int, int], text_len: int):
+def convert(model, model_cfg, *, batch: int, image_size: tuple[int, int], text_len: int,
+            postprocess: dict | None = None):
   """(onnx.ModelProto, conversion seconds) of a GLIP `model` at static shapes (checked first).
+
+  `postprocess` (`postprocess_options`): the graph also takes `phrase_map` float32 [B, L, T] (1 where a token
+  belongs to a phrase), `phrase_mask` bool [B, L] and `image_hw` int32 [B, 2] (the image's size on the canvas)
+  and also gives `glipjax.ops.postprocess`'s detections: boxes [B, K, 4] (xyxy on the canvas), scores [B, K],
+  labels int32 [B, K] (1-based phrase rows), valid bool [B, K], sorted by score.
 
   A model with concrete parameters gives a self-contained graph, its parameters initializers. A model whose
   parameters are all abstract (`nnx.eval_shape`) converts too, its parameters then graph inputs after the three
@@ -137,23 +182,31 @@ def convert(model, model_cfg, *, batch: int, image_size: tuple[int, int], text_l
   h, w = image_size
   specs = [jax.ShapeDtypeStruct((batch, h, w, 3), np.float32), jax.ShapeDtypeStruct((batch, text_len), np.int32),
            jax.ShapeDtypeStruct((batch, text_len), np.int32)]
-  names = list(INPUTS)
-  if all(abstract) and paths_leaves:
+  names, outputs = list(INPUTS), list(OUTPUTS)
+  n_data = len(INPUTS)
+  if postprocess is not None:
+    check_postprocess(postprocess)
+    phrases = postprocess["max_phrases"]
+    specs += [jax.ShapeDtypeStruct((batch, phrases, text_len), np.float32),
+              jax.ShapeDtypeStruct((batch, phrases), np.bool_), jax.ShapeDtypeStruct((batch, 2), np.int32)]
+    names += POSTPROCESS_INPUTS
+    outputs += DETECTIONS
+    n_data += len(POSTPROCESS_INPUTS)
+  weighted = all(abstract) and bool(paths_leaves)
+  if weighted:
     specs += [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for _, leaf in paths_leaves]
     names += [_param_name(path) for path, _ in paths_leaves]
 
-    def detector(images, input_ids, attention_mask, *weights):
-      m = nnx.merge(graphdef, jax.tree.unflatten(treedef, weights), rest)
-      o = m(images, input_ids, attention_mask, deterministic=True)
-      return tuple(o[k] for k in OUTPUTS)
-  else:
-    def detector(images, input_ids, attention_mask):
-      o = model(images, input_ids, attention_mask, deterministic=True)
-      return tuple(o[k] for k in OUTPUTS)
+  def detector(*args):
+    data, weights = args[:n_data], args[n_data:]
+    m = nnx.merge(graphdef, jax.tree.unflatten(treedef, weights), rest) if weighted else model
+    o = m(*data[:3], deterministic=True)
+    raw = tuple(o[k] for k in OUTPUTS)
+    return raw if postprocess is None else raw + _detections(model_cfg, image_size, postprocess, o, *data[3:])
 
   start = time.time()
   with _linear_time_checks():
-    proto = to_onnx(detector, specs, return_mode="proto", input_names=names, output_names=list(OUTPUTS))
+    proto = to_onnx(detector, specs, return_mode="proto", input_names=names, output_names=outputs)
   return proto, time.time() - start
 
 
@@ -163,8 +216,8 @@ def declared_shapes(values) -> dict[str, list[int]]:
 
 
 def export_onnx(model, model_cfg, out: str | pathlib.Path, *, batch: int = 1, image_size: tuple[int, int],
-                text_len: int) -> dict:
-  """Writes `out` (.onnx) for a GLIP `model` with concrete parameters; returns a summary."""
+                text_len: int, postprocess: dict | None = None) -> dict:
+  """Writes `out` (.onnx) for a GLIP `model` with concrete parameters (`convert`); returns a summary."""
   out = pathlib.Path(out)
   if out.suffix != ".onnx":
     raise ValueError(f"--out {out}: the file name must end in .onnx")
@@ -175,7 +228,8 @@ def export_onnx(model, model_cfg, out: str | pathlib.Path, *, batch: int = 1, im
   if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model, nnx.Param))):
     raise ValueError("the model's parameters are abstract: restore them before exporting (convert() gives the "
                      "graph alone)")
-  proto, seconds = convert(model, model_cfg, batch=batch, image_size=image_size, text_len=text_len)
+  proto, seconds = convert(model, model_cfg, batch=batch, image_size=image_size, text_len=text_len,
+                           postprocess=postprocess)
   out.parent.mkdir(parents=True, exist_ok=True)
   external = proto.ByteSize() >= _TWO_GB
   onnx.save_model(proto, str(out), save_as_external_data=external, location=out.name + ".data" if external else None)
@@ -184,12 +238,16 @@ def export_onnx(model, model_cfg, out: str | pathlib.Path, *, batch: int = 1, im
               nodes=len(proto.graph.node), bytes=out.stat().st_size, convert_seconds=round(seconds, 1))
 
 
-def run_onnx(path: str | pathlib.Path, images, input_ids, attention_mask) -> dict[str, np.ndarray]:
-  """The ONNX model's outputs by name, with onnxruntime on the CPU."""
+def run_onnx(path: str | pathlib.Path, images, input_ids, attention_mask, **postprocess_inputs) -> dict:
+  """Every output of the ONNX model by name, with onnxruntime on the CPU; `postprocess_inputs`: phrase_map,
+  phrase_mask, image_hw for a model exported with post-processing."""
   import onnxruntime as ort
   options = ort.SessionOptions()
   options.log_severity_level = 3
   session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-  feeds = dict(images=np.asarray(images, np.float32), input_ids=np.asarray(input_ids, np.int32),
-               attention_mask=np.asarray(attention_mask, np.int32))
-  return dict(zip(OUTPUTS, session.run(list(OUTPUTS), feeds)))
+  dtypes = dict(images=np.float32, input_ids=np.int32, attention_mask=np.int32, phrase_map=np.float32,
+                phrase_mask=np.bool_, image_hw=np.int32)
+  given = dict(images=images, input_ids=input_ids, attention_mask=attention_mask, **postprocess_inputs)
+  feeds = {k: np.asarray(v, dtypes.get(k)) for k, v in given.items()}
+  names = [o.name for o in session.get_outputs()]
+  return dict(zip(names, session.run(names, feeds)))
