@@ -167,7 +167,7 @@ def test_export_command_on_a_workdir(tmp_path):
 @pytest.mark.slow
 def test_glip_t_converts_with_the_right_output_shapes():
   """GLIP-T(C) (231 M parameters, abstract: none materialised, they become graph inputs) at a small canvas: the
-  whole graph converts and declares the anchors of P3..P7 and the prompt length. ~45 s on 2 cores (23.8 k nodes;
+  whole graph converts and declares the anchors of P3..P7 and the prompt length. 45-60 s on 2 cores (23.8 k nodes;
   without `onnx_model._linear_time_checks` the converter's per-op scans would make it ~20 min, estimated)."""
   cfg = glip_model("glip_t_c")
   model = nnx.eval_shape(lambda: GLIP(cfg, rngs=nnx.Rngs(0)))
