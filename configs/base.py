@@ -30,6 +30,9 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
       # Training prompts (glipjax/data/prompting.py): this share of examples gets a detection prompt (the
       # categories present + sampled negatives, GLIP's O365 recipe), the rest their caption.
       detection_prompt_prob=0.5, max_negatives=85,
+      # > 0: each caption example is followed by 1..caption_negatives names of categories absent from the image
+      # (phrases that ground nothing), so that captions teach the model to read words too.
+      caption_negatives=0,
   ))
 
   # Official recipe (DESIGN.md §1): AdamW, language backbone lr x0.1, no decay on biases/norms, warmup + steps.
@@ -42,6 +45,10 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
       global_batch_size=64, num_steps=100_000, log_every=50, checkpoint_every=1000,
       eval_every=5000,  # and at the end; 0 = never
       focal_alpha=0.25, focal_gamma=2.0, reg_loss_weight=2.0,
+      # The alignment losses besides the token focal loss (glipjax/ops/losses.py): the contrastive alignment loss's
+      # weight (with model.head.alignment "contrastive" or "both") and a CLIP-style image-text contrastive loss
+      # on pooled features (> 0: on) with its fixed temperature.
+      contrastive_align_weight=1.0, image_text_loss_weight=0.0, image_text_temperature=0.07,
       grad_accum_steps=1,            # > 1: the global batch is split into this many micro-batches per update
       peak_flops_per_device=0.0,     # for MFU; 0 = look the device kind up in glipjax/perf.py's table
       profile_start_step=-1,         # >= 0: write a profiler trace of `profile_num_steps` steps from this step

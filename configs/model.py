@@ -47,7 +47,11 @@ def glip_model(variant: str = "glip_t_c") -> ml_collections.ConfigDict:
       joint_embed=256, log_scale_init=0.0, prior_prob=0.01, logit_clamp=50000.0,
       # Official USE_FUSED_FEATURES_DOT_PRODUCT: score the tower's (fused) text. Off (GLIP-T(A)): score the
       # language backbone's last layer x attention mask, so a padded token's logit is exactly bias0.
-      use_fused_text=variant != "glip_t_a"))
+      use_fused_text=variant != "glip_t_a",
+      # What scores regions against tokens (glipjax/models/glip.py ALIGNMENTS): "dot_product" (GLIP's default),
+      # "contrastive" (official USE_CONTRASTIVE_ALIGN_LOSS alone) or "both"; the contrastive head's projection
+      # width (official CONTRASTIVE_HIDDEN_DIM) and initial log temperature (MDETR's 0.07).
+      alignment="dot_product", contrastive_align_dim=64, contrastive_log_scale_init=-2.659))
   m.anchors = ml_collections.ConfigDict(dict(sizes=(64, 128, 256, 512, 1024), strides=(8, 16, 32, 64, 128)))
   # Official ADD_LINEAR_LAYER (prompt tuning, `rpn.tunable_linear`): a zero-initialised [rows, hidden] table whose
   # first T rows are added to the text features before the head (1000 rows officially); 0: none.

@@ -41,6 +41,7 @@ def make_train_step(s: runtime.Setup):
   would be) and the gradients and metrics are averaged."""
   cfg = s.config
   accum = cfg.train.grad_accum_steps
+  image_text_weight = cfg.train.image_text_loss_weight
 
   def loss_and_grads(params, rest, batch, dropout_key):
     model = nnx.merge(s.graphdef, params, rest, copy=True)  # own variables: reseeded inside scan traces too
@@ -50,10 +51,14 @@ def make_train_step(s: runtime.Setup):
     def loss_fn(params):
       model = nnx.merge(s.graphdef, params, rest, copy=True)  # fresh variables: dropout advances its RNG count
       out = model(model_images(batch["image"], batch["image_hw"]), batch["input_ids"], batch["attention_mask"],
-                  deterministic=False)
+                  deterministic=False, pooled=image_text_weight > 0)
       anchors, level_counts = s.anchors_for(batch["image"].shape[1:3])  # static: this batch's canvas
       loss, metrics = glip_loss(out, batch, anchors, level_counts, focal_alpha=cfg.train.focal_alpha,
-                                focal_gamma=cfg.train.focal_gamma, reg_loss_weight=cfg.train.reg_loss_weight)
+                                focal_gamma=cfg.train.focal_gamma, reg_loss_weight=cfg.train.reg_loss_weight,
+                                token_loss=cfg.model.head.alignment != "contrastive",
+                                contrastive_align_weight=cfg.train.contrastive_align_weight,
+                                image_text_weight=image_text_weight,
+                                image_text_temperature=cfg.train.image_text_temperature)
       return loss, dict(metrics, loss=loss)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

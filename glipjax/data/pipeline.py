@@ -50,7 +50,8 @@ def train_prompter(data_cfg, dataset: sources.Dataset, tokenizer: Tokenizer,
                    max_query_len: int) -> prompting.TrainPrompter:
   return prompting.TrainPrompter(dataset.category_names, detection_prob=data_cfg.detection_prompt_prob,
                                  max_negatives=data_cfg.max_negatives, tokenizer=tokenizer, max_len=max_query_len,
-                                 max_phrases=data_cfg.max_phrases)
+                                 max_phrases=data_cfg.max_phrases,
+                                 caption_negatives=data_cfg.get("caption_negatives", 0))
 
 
 def eval_canvas(data_cfg, image_hw: tuple[int, int]) -> tuple[int, int]:

@@ -77,20 +77,56 @@ def sampled_detection_prompt(labels: np.ndarray, category_names: Sequence[str], 
   return category_prompt(labels, [ids[n] for n in names], names)
 
 
+def caption_with_negatives(record: dict, category_names: Sequence[str], rng: np.random.Generator, *,
+                           max_negatives: int, tokenizer: Tokenizer | None = None, max_len: int = 0,
+                           max_phrases: int | None = None) -> Prompt:
+  """The record's caption followed by 1..`max_negatives` phrases naming categories absent from the image
+  ('red circle. blue squares. purple triangle.' where no purple triangle is): phrases no box grounds, so the
+  model must read a caption's words instead of firing on every object. Negatives that would exceed
+  `max_phrases` or `max_len` tokens are dropped (the caption's own phrases are never trimmed here)."""
+  base = caption_prompt(record)
+  present = set(np.asarray(record["labels"]).tolist())
+  pool = [i for i in range(1, len(category_names) + 1) if i not in present]
+  k = min(int(rng.integers(1, max_negatives + 1)) if max_negatives > 0 else 0, len(pool))
+  chosen = [pool[i] for i in rng.choice(len(pool), size=k, replace=False)] if k else []
+  num_phrases = len(base.phrase_categories)
+  if max_phrases is not None:
+    chosen = chosen[:max(0, max_phrases - num_phrases)]
+  while True:
+    caption, spans = base.caption, [tuple(s) for s in base.spans]
+    for cid in chosen:
+      name = prompts.clean_name(category_names[cid - 1])
+      caption = f"{caption} {name}." if caption else f"{name}."
+      spans.append((len(caption) - len(name) - 1, len(caption) - 1))
+    if not chosen or tokenizer is None or not tokenizer.encode(caption, max_len).truncated:
+      break
+    chosen.pop()
+  span_phrase = np.concatenate([np.arange(len(base.spans)) if base.span_phrase is None else base.span_phrase,
+                                num_phrases + np.arange(len(chosen))]).astype(np.int32)
+  return Prompt(caption, np.asarray(spans, np.int32).reshape(-1, 2), base.box_phrase,
+                np.arange(1, num_phrases + len(chosen) + 1, dtype=np.int32), span_phrase)
+
+
 class TrainPrompter:
   """Per training example: with probability `detection_prob` a sampled detection prompt over `category_names`,
-  otherwise the record's caption (records without a caption always get a detection prompt)."""
+  otherwise the record's caption (records without a caption always get a detection prompt), followed by up to
+  `caption_negatives` names of absent categories (`caption_with_negatives`)."""
 
   def __init__(self, category_names: Sequence[str], *, detection_prob: float, max_negatives: int,
-               tokenizer: Tokenizer | None = None, max_len: int = 0, max_phrases: int | None = None):
+               tokenizer: Tokenizer | None = None, max_len: int = 0, max_phrases: int | None = None,
+               caption_negatives: int = 0):
     self.names, self.detection_prob = list(category_names), detection_prob
     self.max_negatives, self.tokenizer, self.max_len, self.max_phrases = max_negatives, tokenizer, max_len, max_phrases
+    self.caption_negatives = caption_negatives
 
   def __call__(self, record: dict, rng: np.random.Generator) -> Prompt:
     has_caption = bool(record.get("caption")) and len(record.get("phrase_spans", ())) > 0
     if self.names and (not has_caption or rng.random() < self.detection_prob):
       return sampled_detection_prompt(record["labels"], self.names, rng, max_negatives=self.max_negatives,
                                       tokenizer=self.tokenizer, max_len=self.max_len, max_phrases=self.max_phrases)
+    if self.caption_negatives > 0 and self.names:
+      return caption_with_negatives(record, self.names, rng, max_negatives=self.caption_negatives,
+                                    tokenizer=self.tokenizer, max_len=self.max_len, max_phrases=self.max_phrases)
     return caption_prompt(record)
 
 

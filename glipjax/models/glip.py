@@ -17,6 +17,10 @@ from glipjax.models.dyhead import DyHeadTower
 from glipjax.models.fpn import FPN
 from glipjax.models.swin import SwinTransformer
 
+# model.head.alignment: what scores a region against a token. "dot_product": GLIP's (token sigmoid focal loss);
+# "contrastive": MDETR's contrastive alignment alone (it also scores detections); "both": the two heads, each
+# with its loss, scored by the dot product.
+ALIGNMENTS = ("dot_product", "contrastive", "both")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -56,11 +60,30 @@ class VLDyHead(nnx.Module):
     self.bias0 = L.param(rngs, nnx.initializers.constant(prior_bias), (1,), (None,), param_dtype)
     self.logit_clamp = h.logit_clamp
     self.use_fused_text = h.get("use_fused_text", True)
+    self.alignment = h.get("alignment", "dot_product")
+    if self.alignment not in ALIGNMENTS:
+      raise ValueError(f"model.head.alignment {self.alignment!r}: use one of {ALIGNMENTS}")
+    if self.alignment != "dot_product":
+      # Official USE_CONTRASTIVE_ALIGN_LOSS (MDETR's): regions and tokens projected to CONTRASTIVE_HIDDEN_DIM and
+      # L2-normalised; their cosine over a learned temperature is the contrastive logit.
+      d = h.contrastive_align_dim
+      self.contrastive_align_projection_image = L.Conv(c, d, 1, axes=("conv_in", None), **L.torch_default_init(c),
+                                                       **kw)
+      self.contrastive_align_projection_text = L.Linear(lang_dim, d, axes=("embed", None),
+                                                        **L.torch_default_init(lang_dim), **kw)
+      self.contrastive_log_scale = L.param(rngs, nnx.initializers.constant(h.contrastive_log_scale_init), (1,),
+                                           (None,), param_dtype)
 
-  def __call__(self, visual, lang, embedded, lang_mask, *, deterministic: bool, capture: bool):
+  def __call__(self, visual, lang, embedded, lang_mask, *, deterministic: bool, capture: bool,
+               pooled: bool = False):
     """`lang`: the language backbone's last layer (the tower starts from it); `embedded`: its masked copy."""
     visual, fused, inter = self.dyhead_tower(visual, lang, lang_mask, deterministic=deterministic, capture=capture)
     text = fused if self.use_fused_text else embedded
+    extra = {}
+    if self.alignment != "dot_product":
+      extra["contrastive_logits"] = self._contrastive_logits(visual, text)
+    if pooled:
+      extra.update(self._pooled(visual, text, lang_mask))
     # F.normalize: a zero (padded) row stays zero, so it projects to the bias and its logit bias is bias0.
     emb = text / jnp.maximum(jnp.linalg.norm(text, axis=-1, keepdims=True), 1e-12)
     tokens = self.dot_product_projection_text(emb / 2.0)                           # [B,T,C]
@@ -85,8 +108,26 @@ class VLDyHead(nnx.Module):
       inter["head_dot_product_proj_tokens_input"] = emb / 2.0
       inter["head_dot_product_proj_tokens"] = tokens
     out = dict(dot_product_logits=jnp.concatenate(logits, 1), box_regression=jnp.concatenate(boxes, 1),
-               centerness=jnp.concatenate(ctr, 1))
+               centerness=jnp.concatenate(ctr, 1), **extra)
+    if self.alignment == "contrastive":  # the contrastive logits are the grounding scores post-processing reads
+      out["dot_product_logits"] = out["contrastive_logits"]
     return out, inter
+
+  def _contrastive_logits(self, visual, text):
+    normalize = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    tokens = normalize(self.contrastive_align_projection_text(text).astype(jnp.float32))         # [B,T,D]
+    regions = [normalize(self.contrastive_align_projection_image(x).astype(jnp.float32)) for x in visual]
+    regions = jnp.concatenate([r.reshape(r.shape[0], -1, r.shape[-1]) for r in regions], 1)       # [B,A,D]
+    return jnp.einsum("bad,btd->bat", regions, tokens) / jnp.exp(self.contrastive_log_scale[...])
+
+  def _pooled(self, visual, text, lang_mask):
+    """Image and prompt embeddings in the joint space of the dot-product head, for an image-text contrastive
+    loss: the mean over levels of each level's mean tower feature, and the masked mean of the projected tokens."""
+    image = jnp.mean(jnp.stack([x.astype(jnp.float32).mean((1, 2)) for x in visual]), 0)        # [B,C]
+    emb = text / jnp.maximum(jnp.linalg.norm(text, axis=-1, keepdims=True), 1e-12)
+    tokens = self.dot_product_projection_text(emb / 2.0).astype(jnp.float32)                     # [B,T,C]
+    m = lang_mask.astype(jnp.float32)[..., None]
+    return dict(image_embedding=image, text_embedding=(tokens * m).sum(1) / jnp.maximum(m.sum(1), 1.0))
 
 
 class GLIP(nnx.Module):
@@ -125,7 +166,8 @@ class GLIP(nnx.Module):
     """[B,T] ids and mask -> last BERT hidden layer [B,T,H] (unmasked; the tower starts from it)."""
     return self.language_backbone(input_ids, attention_mask, deterministic=deterministic)
 
-  def __call__(self, images, input_ids, attention_mask, *, deterministic: bool = True, capture: bool = False):
+  def __call__(self, images, input_ids, attention_mask, *, deterministic: bool = True, capture: bool = False,
+               pooled: bool = False):
     stages = self._stages(images, deterministic)
     visual = self.fpn([stages[i] for i in self.out_indices], deterministic=deterministic)
     lang = self.encode_text(input_ids, attention_mask, deterministic=deterministic)
@@ -133,7 +175,8 @@ class GLIP(nnx.Module):
     if self.tunable_linear is not None:  # added to both, after masking, as the official RPN does
       prompt = self.tunable_linear.weight[...][:lang.shape[1]].astype(lang.dtype)
       lang, embedded = lang + prompt, embedded + prompt
-    out, inter = self.head(visual, lang, embedded, attention_mask, deterministic=deterministic, capture=capture)
+    out, inter = self.head(visual, lang, embedded, attention_mask, deterministic=deterministic, capture=capture,
+                           pooled=pooled)
     out = {k: v.astype(jnp.float32) for k, v in out.items()}
     if capture:
       inter.update({f"backbone_stage{i + 2}": s for i, s in enumerate(stages)})

@@ -53,7 +53,8 @@ def sample_detection_prompt(rng: np.random.Generator, positive_names: Sequence[s
   positives, shuffle, and keep what fits `max_chars`. Returns (prompt, spans, names in prompt order)."""
   positives = list(dict.fromkeys(positive_names))
   pool = [n for n in dict.fromkeys(all_names) if n not in set(positives)]
-  k = min(max_negatives if rng.random() < 0.5 else int(rng.integers(1, max_negatives + 1)), len(pool))
+  k = min(max_negatives if rng.random() < 0.5 or max_negatives <= 0 else int(rng.integers(1, max_negatives + 1)),
+          len(pool))
   negatives = [pool[i] for i in rng.choice(len(pool), size=k, replace=False)] if k else []
   names = positives + negatives
   rng.shuffle(names)
