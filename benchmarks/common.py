@@ -3,7 +3,6 @@ and compiled exactly as `glipjax.train` does it, step timing, machine facts and 
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import datetime
 import functools
@@ -13,6 +12,7 @@ import os
 import pathlib
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -36,23 +36,24 @@ def load_config(spec: str, overrides: dict | None = None):
 
 
 def add_config_args(parser: argparse.ArgumentParser, default_spec: str) -> None:
-  parser.add_argument("--config", default=default_spec, help="config file[:arg], e.g. configs/glip_t.py:c")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key, e.g. --set model.dtype=bfloat16 (repeatable)")
+  parser.add_argument("--config", default=default_spec, help="config file[:arg], e.g. configs/glip_t.py:c; "
+                      "override keys with --config.KEY=VALUE, e.g. --config.model.dtype=bfloat16")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+  """The parser's arguments plus `args.overrides`: the `--config.KEY=VALUE` overrides (glipjax.train's syntax)."""
+  try:
+    rest, overrides = config_utils.split_config_flags(sys.argv[1:] if argv is None else list(argv))
+  except ValueError as e:
+    parser.error(str(e))
+  args = parser.parse_args(rest)
+  args.overrides = overrides
+  return args
 
 
 def overrides_from_args(args, defaults: dict | None = None) -> dict:
-  """The benchmark's own defaults, then the command line's --set KEY=VALUE (Python literals, else strings)."""
-  out = dict(defaults or {})
-  for item in args.set:
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value
-  return out
+  """The benchmark's own defaults, then the command line's --config.KEY=VALUE (parsed by the key's type)."""
+  return dict(defaults or {}, **getattr(args, "overrides", {}))
 
 
 def benchmark_canvas(config) -> tuple[int, int]:

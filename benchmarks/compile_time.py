@@ -1,7 +1,7 @@
 """Compile time of the GLIP-T(C) train step at a training resolution, lowering (tracing to StableHLO) and XLA
 compilation timed separately; again with `model.scan_layers=True` when the config has that key. Goal <= 90 s.
 
-  .venv/bin/python -m benchmarks.compile_time [--set data.canvas=(800,1344) ...]
+  .venv/bin/python -m benchmarks.compile_time [--config.data.canvas=(800,1344) ...]
 
 Defaults: batch 1 on one device, the canvas of a 800x1333 image (800x1344), 256-token prompts: the shapes of
 GLIP-T(C) training per device. No persistent compilation cache is used.
@@ -18,7 +18,7 @@ DEFAULTS = {"train.global_batch_size": 1, "data.canvas": (800, 1344), "data.aspe
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   common.add_config_args(parser, "configs/glip_t.py:c")
-  args = parser.parse_args(argv)
+  args = common.parse_args(parser, argv)
   overrides = common.overrides_from_args(args, DEFAULTS)
   variants = {"unrolled": {}}
   if "scan_layers" in common.load_config(args.config).model:

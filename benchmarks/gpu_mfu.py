@@ -1,6 +1,6 @@
 """GLIP-T(C) train-step MFU in bf16 on a GPU: bfloat16 compute (`model.dtype`), float32 master weights and
 optimizer state, FLOPs per device from XLA's cost analysis, peak from glipjax/perf.py's table for the device
-kind (or `--set train.peak_flops_per_device=...`). Goal >= 40%.
+kind (or `--config.train.peak_flops_per_device=...`). Goal >= 40%.
 
   .venv/bin/python -m benchmarks.gpu_mfu [--per-device-batch 4] [--steps 10]
   .venv/bin/python -m benchmarks.gpu_mfu --cpu-smoke     # the same code path on CPU: tiny model, measured peak
@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--per-device-batch", type=int, default=4)
   parser.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up step)")
   parser.add_argument("--cpu-smoke", action="store_true", help="run the logic on CPU with configs/tiny.py")
-  args = parser.parse_args(argv)
+  args = common.parse_args(parser, argv)
   if jax.default_backend() != "gpu" and not args.cpu_smoke:
     raise SystemExit(f"gpu_mfu needs a GPU; this machine's JAX backend is {jax.default_backend()!r} "
                      f"({jax.devices()[0].device_kind}). Run it on a GPU host, or pass --cpu-smoke to exercise "

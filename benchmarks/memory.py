@@ -48,8 +48,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--configs", nargs="+", default=["configs/glip_t.py:c", "configs/glip_l.py"])
   parser.add_argument("--meshes", nargs="+", default=list(MESHES), choices=list(MESHES))
   parser.add_argument("--no-compile", action="store_true", help="state bytes only (seconds instead of minutes)")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-  args = parser.parse_args(argv)
+  args = common.parse_args(parser, argv)
   if len(jax.devices()) != 8:
     raise SystemExit(f"needs 8 devices, found {len(jax.devices())} (JAX_NUM_CPU_DEVICES=8 on a CPU machine)")
   overrides = common.overrides_from_args(args, DEFAULTS)

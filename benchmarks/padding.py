@@ -2,7 +2,7 @@
 every training scale, with a config's aspect-ratio buckets (glipjax/data/buckets.py) against one square canvas.
 Goal: <= 15% padding at <= 8 compiled train shapes.
 
-  .venv/bin/python -m benchmarks.padding [--config configs/glip_t.py:c] [--set data.aspect_buckets=(0.75,1.333)]
+  .venv/bin/python -m benchmarks.padding [--config configs/glip_t.py:c] [--config.data.aspect_buckets=(0.75,1.333)]
 
 The image sizes stand in for COCO val2017 (5000 images), written from its published size statistics rather than
 read from files: nearly every image is 640 pixels on its long side; about half are 4:3 landscape, a quarter
@@ -38,7 +38,7 @@ def coco_like_sizes(num_images: int = 5000) -> np.ndarray:
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   common.add_config_args(parser, "configs/glip_t.py:c")
-  args = parser.parse_args(argv)
+  args = common.parse_args(parser, argv)
   config = common.load_config(args.config, common.overrides_from_args(args, {}))
   d = config.data
   hw = coco_like_sizes()

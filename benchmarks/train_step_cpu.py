@@ -2,7 +2,7 @@
 multiplied out; XLA's cost analysis beside it), achieved FLOP/s, and that as a fraction of this machine's float32
 matmul peak measured in the same run (goal >= 35%).
 
-  .venv/bin/python -m benchmarks.train_step_cpu [--steps 3] [--set data.canvas=(384,384) ...]
+  .venv/bin/python -m benchmarks.train_step_cpu [--steps 3] [--config.data.canvas=(384,384) ...]
 
 Defaults keep a step within seconds on 2 cores: batch 1, a 320x320 canvas, 64-token prompts; every module of
 GLIP-T(C) at full width. The matmul peak is the best of 2048^3 float32 products taken before and after the
@@ -28,7 +28,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
   parser.add_argument("--matmul-n", type=int, default=2048)
   parser.add_argument("--no-profile", action="store_true", help="skip the traced step and its op breakdown")
-  args = parser.parse_args(argv)
+  args = common.parse_args(parser, argv)
   overrides = common.overrides_from_args(args, DEFAULTS)
   config = common.load_config(args.config, overrides)
   if jax.default_backend() != "cpu":

@@ -1,7 +1,7 @@
 """The embedded default job (`make quickstart`): build the synthetic grounding dataset with TFDS, train the tiny
 GLIP on CPU, evaluate COCO AP on the validation split, and draw predictions.
 
-  python -m glipjax.quickstart --workdir runs/quickstart [--set train.num_steps=300 ...]
+  python -m glipjax.quickstart --workdir runs/quickstart [--config.train.num_steps=300 ...]
 
 Writes into the workdir: checkpoints/, TensorBoard events + metrics.jsonl, config.json, tokenizer.model,
 pictures/*.png, predictions.json and final_metrics.json (AP, AP50, steps, wall_seconds, ...).
@@ -9,21 +9,14 @@ pictures/*.png, predictions.json and final_metrics.json (AP, AP50, steps, wall_s
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
+import sys
 import time
 
 import glipjax  # noqa: F401
 from configs import tiny
 from glipjax import config_utils, trainer
-
-
-def _value(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
 
 
 def report(final: dict) -> str:
@@ -43,19 +36,17 @@ def report(final: dict) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="Any key of configs/tiny.py: --config.KEY=VALUE, e.g. "
+                                          "--config.train.num_steps=300 (type-checked, as glipjax.train takes it).")
   parser.add_argument("--workdir", default="runs/quickstart")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key of configs/tiny.py, e.g. --set train.num_steps=300")
-  args = parser.parse_args(argv)
+  try:
+    rest, overrides = config_utils.split_config_flags(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(rest)
+    config = config_utils.apply_overrides(tiny.get_config(), overrides)
+  except (KeyError, ValueError) as e:
+    parser.exit(2, f"glipjax.quickstart: {e.args[0] if isinstance(e, KeyError) else e}\n")
   logging.basicConfig(level=logging.WARNING)
-  overrides = {}
-  for item in args.set:
-    key, sep, value = item.partition("=")
-    if not sep:
-      parser.error(f"--set expects KEY=VALUE, got {item!r}")
-    overrides[key] = _value(value)
-  config = config_utils.apply_overrides(tiny.get_config(), overrides)
   t0 = time.time()
   print(f"glipjax quickstart: tiny GLIP on the synthetic grounding dataset -> {args.workdir}", flush=True)
   final = trainer.train_and_evaluate(config, args.workdir)

@@ -30,6 +30,7 @@ import ml_collections
 SEED_KEY = "seed"
 FINAL_METRICS = "final_metrics.json"
 STATUS_FILE = "sweep_status.json"   # written by the sweep launcher when a run fails
+MANIFEST = "sweep.json"             # in the sweep root: every run's name, setting and overrides (for the report)
 
 
 def sweep(key: str, values: Iterable) -> list[dict]:
@@ -187,3 +188,11 @@ def load(path: str | pathlib.Path, root: str | pathlib.Path) -> Sweep:
   if not runs:
     raise ValueError(f"{path}: get_sweep() returned no runs")
   return Sweep(pathlib.Path(path), base, runs)
+
+
+def write_manifest(sweep: Sweep, root: str | pathlib.Path) -> pathlib.Path:
+  path = pathlib.Path(root) / MANIFEST
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(dict(sweep_file=str(sweep.path), runs=[
+      dict(name=r.name, setting=r.setting, overrides=r.overrides) for r in sweep.runs]), indent=2))
+  return path

@@ -27,9 +27,14 @@ def main(argv):
   print(json.dumps({k: v for k, v in final.items() if not isinstance(v, dict)}, indent=2))
 
 
-if __name__ == "__main__":
+def run():
+  """The command (`python -m glipjax.train`, or `glipjax-train` once the package is installed)."""
   config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/tiny.py", lock_config=True)
   flags.DEFINE_string("workdir", None, "where checkpoints, metrics and pictures go")
   flags.mark_flags_as_required(["config", "workdir"])
   distributed.define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

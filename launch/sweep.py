@@ -127,6 +127,9 @@ def run_local(sweep: sweeps.Sweep, *, parallel: int, devices: str, python: str =
       (run.workdir / sweeps.STATUS_FILE).unlink(missing_ok=True)   # a failed run is retried
       log = (run.workdir / "train.log").open("a")
       env = dict(os.environ, PYTHONUNBUFFERED="1", **slots[slot])
+      # The seeds of a setting compile the same programs: a persistent cache shared by the runs compiles each once.
+      env.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(sweep.runs[0].workdir).parent / ".jax_cache"))
+      env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
       cores = affinity[slot]
       proc = subprocess.Popen(train_command(run, str(sweep.path), python), stdout=log, stderr=subprocess.STDOUT,
                               env=env, preexec_fn=(lambda c=cores: os.sched_setaffinity(0, c)) if cores else None)
@@ -172,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"launch.sweep: {e}", file=sys.stderr)
     return 2
   root = pathlib.Path(args.root)
+  if not args.dry_run:
+    sweeps.write_manifest(sweep, root)
   if args.target != "local":
     script = (slurm_array_script(sweep.runs, args.sweep, args.root) if args.target == "slurm"
               else tpu_pod_script(sweep.runs, args.sweep, args.root))
@@ -179,7 +184,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
       print(script, end="")
       return 0
-    root.mkdir(parents=True, exist_ok=True)
     path.write_text(script)
     print(f"wrote {path} ({len(sweep.runs)} runs): " +
           (f"sbatch {path}" if args.target == "slurm" else f"ZONE=... ACCELERATOR_TYPE=... bash {path}"))
