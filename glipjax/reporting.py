@@ -225,9 +225,9 @@ def write_report(root: str | pathlib.Path, out: str | pathlib.Path | None = None
                  metrics: Sequence[str] | None = None) -> tuple[pathlib.Path, str]:
   """Writes report.md, runs.csv, settings.csv, curves.png and final_metrics.png into `out` (default: the root);
   returns (out, the Markdown)."""
+  results = load_runs(root)
   out = pathlib.Path(out or root)
   out.mkdir(parents=True, exist_ok=True)
-  results = load_runs(root)
   metrics = choose_metrics(results, metrics)
   rows = aggregate(results, metrics)
   text = [f"# Sweep report: {root}", "", markdown_table(rows, metrics)]

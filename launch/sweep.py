@@ -83,6 +83,14 @@ def tpu_pod_script(runs: Sequence[sweeps.Run], sweep_file: str, root: str, *, na
   return "\n".join(lines) + "\n"
 
 
+def prepare_data(config) -> None:
+  """Builds the embedded datasets the runs train on once, before they start: parallel runs would otherwise all
+  build the same TFDS dataset at once."""
+  from glipjax.data import pipeline, sources
+  for name, _ in pipeline.source_weights(config.data):
+    sources.prepare_builtin(config.data.data_dir, name)
+
+
 def _steps_done(run: sweeps.Run) -> int:
   """The newest step logged in the run's metrics.jsonl (0 before the first log)."""
   path = run.workdir / "metrics.jsonl"
@@ -99,14 +107,11 @@ def _steps_done(run: sweeps.Run) -> int:
 
 
 def run_local(sweep: sweeps.Sweep, *, parallel: int, devices: str, python: str = sys.executable,
-              out=sys.stdout) -> int:
+              out=None) -> int:
   """Runs the unfinished runs, `parallel` at a time, printing a progress line when anything changes; returns
   the number of runs that failed (each leaves sweep_status.json and its train.log)."""
+  out = out or sys.stdout
   todo = [r for r in sweep.runs if r.status() != "finished"]
-  if todo:  # once, before the runs start: parallel runs would all build the same TFDS dataset at once
-    from glipjax.data import pipeline, sources
-    for name, _ in pipeline.source_weights(sweep.base.data):
-      sources.prepare_builtin(sweep.base.data.data_dir, name)
   finished = len(sweep.runs) - len(todo)
   print(f"{len(sweep.runs)} runs: {finished} finished (skipped), {len(todo)} to run, {parallel} at a time",
         file=out, flush=True)
@@ -192,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in sweep.runs:
       print(f"{run.status():12s} {run.name}\n  {shlex.join(train_command(run, args.sweep, 'python'))}")
     return 0
-  root.mkdir(parents=True, exist_ok=True)
+  if any(r.status() != "finished" for r in sweep.runs):
+    prepare_data(sweep.base)
   failed = run_local(sweep, parallel=args.parallel, devices=args.devices)
   print(f"sweep done: {failed} failed; report: python -m launch.report --root {root}")
   return 1 if failed else 0
