@@ -125,6 +125,33 @@ def test_loss_falls_when_fitting_one_batch(data_dir, tmp_path):
   assert np.mean(history[-3:]) < 0.6 * history[0], history
 
 
+def test_alignment_loss_family_trains_the_tiny_model_without_nan(data_dir, tmp_path):
+  """Both alignment heads (token focal + contrastive alignment), the image-text contrastive term and negative
+  captions in one compiled step: every term finite, the total falling on a fixed batch."""
+  config = small_config(data_dir, **{"optim.warmup_steps": 1, "optim.learning_rate": 2e-3,
+                                     "data.detection_prompt_prob": 0.0, "data.caption_negatives": 2,
+                                     "model.dyhead.fusion": False, "model.head.alignment": "both",
+                                     "train.image_text_loss_weight": 0.5})
+  tokenizer = runtime.prepare_tokenizer(config, tmp_path)
+  from glipjax import sharding
+  from glipjax.data import pipeline
+  import jax
+  setup = runtime.build(config)
+  batch = next(pipeline.make_pipeline(config.data, "train", tokenizer, global_batch_size=4, train=True, seed=0,
+                                      max_query_len=config.model.max_query_len))
+  with jax.set_mesh(setup.mesh):
+    batch = sharding.global_batch(batch, sharding.batch_sharding(setup.mesh, config.mesh.batch_axes))
+    state, rest = setup.init()
+    step = trainer.make_train_step(setup)
+    history = []
+    for _ in range(15):
+      state, metrics = step(state, rest, batch, jax.random.key(0))
+      history.append({k: float(v) for k, v in metrics.items()})
+  for key in ("loss_dot_product_token", "loss_contrastive_align", "loss_image_text", "loss"):
+    assert np.isfinite([h[key] for h in history]).all(), key
+  assert np.mean([h["loss"] for h in history[-3:]]) < 0.8 * history[0]["loss"], history
+
+
 def test_evaluate_writes_metrics_pictures_and_predict_works(full_run, data_dir, tmp_path):
   workdir, final = full_run
   # The full run did not evaluate (eval_every=0); evaluate its last checkpoint the way the CLI does.
