@@ -101,11 +101,8 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(full_run, data_dir, t
     np.testing.assert_array_equal(got, want)
 
 
-def test_loss_falls_when_fitting_one_batch(data_dir, tmp_path):
-  # Captions only: this checks the optimizer and loss plumbing, not whether 25 steps can learn to bind attributes
-  # (detection prompts with 14 negatives plateau at the objectness solution that early).
-  config = small_config(data_dir, **{"optim.warmup_steps": 1, "optim.learning_rate": 2e-3,
-                                     "data.detection_prompt_prob": 0.0})
+def fit_one_batch(config, tmp_path, steps: int) -> list[dict]:
+  """`steps` updates of the compiled train step on one fixed batch: each step's metrics."""
   tokenizer = runtime.prepare_tokenizer(config, tmp_path)
   from glipjax import sharding
   from glipjax.data import pipeline
@@ -118,9 +115,18 @@ def test_loss_falls_when_fitting_one_batch(data_dir, tmp_path):
     state, rest = setup.init()
     step = trainer.make_train_step(setup)
     history = []
-    for _ in range(25):
+    for _ in range(steps):
       state, metrics = step(state, rest, batch, jax.random.key(0))
-      history.append(float(metrics["loss"]))
+      history.append({k: float(v) for k, v in metrics.items()})
+  return history
+
+
+def test_loss_falls_when_fitting_one_batch(data_dir, tmp_path):
+  # Captions only: this checks the optimizer and loss plumbing, not whether 25 steps can learn to bind attributes
+  # (detection prompts with 14 negatives plateau at the objectness solution that early).
+  config = small_config(data_dir, **{"optim.warmup_steps": 1, "optim.learning_rate": 2e-3,
+                                     "data.detection_prompt_prob": 0.0})
+  history = [h["loss"] for h in fit_one_batch(config, tmp_path, 25)]
   assert np.isfinite(history).all()
   assert np.mean(history[-3:]) < 0.6 * history[0], history
 
@@ -132,21 +138,7 @@ def test_alignment_loss_family_trains_the_tiny_model_without_nan(data_dir, tmp_p
                                      "data.detection_prompt_prob": 0.0, "data.caption_negatives": 2,
                                      "model.dyhead.fusion": False, "model.head.alignment": "both",
                                      "train.image_text_loss_weight": 0.5})
-  tokenizer = runtime.prepare_tokenizer(config, tmp_path)
-  from glipjax import sharding
-  from glipjax.data import pipeline
-  import jax
-  setup = runtime.build(config)
-  batch = next(pipeline.make_pipeline(config.data, "train", tokenizer, global_batch_size=4, train=True, seed=0,
-                                      max_query_len=config.model.max_query_len))
-  with jax.set_mesh(setup.mesh):
-    batch = sharding.global_batch(batch, sharding.batch_sharding(setup.mesh, config.mesh.batch_axes))
-    state, rest = setup.init()
-    step = trainer.make_train_step(setup)
-    history = []
-    for _ in range(15):
-      state, metrics = step(state, rest, batch, jax.random.key(0))
-      history.append({k: float(v) for k, v in metrics.items()})
+  history = fit_one_batch(config, tmp_path, 15)
   for key in ("loss_dot_product_token", "loss_contrastive_align", "loss_image_text", "loss"):
     assert np.isfinite([h[key] for h in history]).all(), key
   assert np.mean([h["loss"] for h in history[-3:]]) < 0.8 * history[0]["loss"], history
