@@ -35,13 +35,27 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
       caption_negatives=0,
   ))
 
-  # Official recipe (DESIGN.md §1): AdamW, language backbone lr x0.1, no decay on biases/norms, warmup + steps.
+  # Official recipe: AdamW, language backbone lr x0.1, no decay on biases/norms, warmup + step decay.
+  # Parameter groups are regular expressions over parameter paths ("language_backbone/encoder/layer/0/...",
+  # "head/bias0"; glipjax/optim.py): a parameter trains when it fully matches a `trainable` pattern and no
+  # `frozen` one (frozen ones get no gradient and no optimizer state); `lr_multipliers`: the first matching
+  # (pattern, factor) scales its learning rate. `train.mode` edits these (glipjax/modes/).
   c.optim = ml_collections.ConfigDict(dict(
-      learning_rate=1e-4, language_lr_factor=0.1, weight_decay=1e-4, b1=0.9, b2=0.999,
-      warmup_steps=2000, schedule="multistep", decay_at=(0.67, 0.89), decay_factor=0.1,
+      learning_rate=1e-4, weight_decay=1e-4, b1=0.9, b2=0.999,
+      warmup_steps=2000, schedule="multistep", decay_at=(0.67, 0.89), decay_factor=0.1,   # or cosine, constant
+      trainable=(".*",), frozen=("head/cls_logits/.*",),  # the official head's unused 80-way classifier
+      lr_multipliers=(("language_backbone/.*", 0.1),),
       grad_clip_norm=1.0, ema_decay=0.0))   # ema_decay > 0 keeps EMA params (official 0.999) and evaluates them
 
   c.train = ml_collections.ConfigDict(dict(
+      # What trains (glipjax/modes/): full | prompt_tuning | linear_probe | frozen_language.
+      mode="full",
+      # Where the parameters start when the workdir has no checkpoint to resume (then a fresh optimizer at step
+      # 0): `init_from` = a glipjax workdir or checkpoint folder (<run>, <run>/best, <run>/checkpoints/5000) or an
+      # official GLIP checkpoint file (.pth/.pt/.safetensors); then `init_language_from` = an HF BERT checkpoint
+      # directory (config.json + model.safetensors) and `init_backbone_from` = an HF Swin directory or a Swin
+      # classification checkpoint (.pth, the Swin repository's); the rest from the initialisers (glipjax/warm_start.py).
+      init_from="", init_language_from="", init_backbone_from="",
       global_batch_size=64, num_steps=100_000, log_every=50, checkpoint_every=1000,
       eval_every=5000,  # and at the end; 0 = never
       focal_alpha=0.25, focal_gamma=2.0, reg_loss_weight=2.0,

@@ -22,8 +22,9 @@ def get_config():
                 eval_short_side=128, canvas=(128, 128), aspect_buckets=(),  # square scenes: one canvas
                 flip_prob=0.5, max_boxes=8, max_phrases=16, tokenizer="sentencepiece", sentencepiece_vocab_size=128,
                 detection_prompt_prob=0.5, max_negatives=14)
-  c.optim.update(learning_rate=1e-3, language_lr_factor=0.0, weight_decay=1e-4, warmup_steps=100,
+  c.optim.update(learning_rate=1e-3, weight_decay=1e-4, warmup_steps=100,
                  schedule="cosine", grad_clip_norm=1.0)
-  c.train.update(global_batch_size=16, num_steps=1600, log_every=25, eval_every=1600, checkpoint_every=400)
+  c.train.update(mode="frozen_language", global_batch_size=16, num_steps=1600, log_every=25, eval_every=1600,
+                 checkpoint_every=400)
   c.eval.update(global_batch_size=20, pre_nms_top_n=100, detections_per_img=20, num_pictures=6)
   return c

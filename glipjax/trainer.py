@@ -20,7 +20,7 @@ from flax import nnx
 from tqdm import tqdm
 
 import glipjax  # noqa: F401
-from glipjax import checkpoints, config_utils, distributed, hooks, perf, runtime, sharding
+from glipjax import checkpoints, config_utils, distributed, hooks, modes, optim, perf, runtime, sharding, warm_start
 from glipjax.data import pipeline, sources
 from glipjax.data.batch import model_images
 from glipjax import evaluators
@@ -43,12 +43,16 @@ def make_train_step(s: runtime.Setup):
   accum = cfg.train.grad_accum_steps
   image_text_weight = cfg.train.image_text_loss_weight
 
-  def loss_and_grads(params, rest, batch, dropout_key):
+  def loss_and_grads(trainable, frozen, rest, batch, dropout_key):
+    """Gradients of the trainable partition only: frozen parameters are constants of the loss, so XLA computes
+    no backward pass that only they would need (a frozen encoder's, say)."""
+    params = optim.combine(s.trainable, trainable, frozen)
     model = nnx.merge(s.graphdef, params, rest, copy=True)  # own variables: reseeded inside scan traces too
     nnx.reseed(model, dropout=dropout_key, policy="match_shape")  # scanned layers hold one stream per layer
     rest = nnx.state(model, nnx.Not(nnx.Param))
 
-    def loss_fn(params):
+    def loss_fn(trainable):
+      params = optim.combine(s.trainable, trainable, frozen)
       model = nnx.merge(s.graphdef, params, rest, copy=True)  # fresh variables: dropout advances its RNG count
       out = model(model_images(batch["image"], batch["image_hw"]), batch["input_ids"], batch["attention_mask"],
                   deterministic=False, pooled=image_text_weight > 0)
@@ -61,27 +65,29 @@ def make_train_step(s: runtime.Setup):
                                 image_text_temperature=cfg.train.image_text_temperature)
       return loss, dict(metrics, loss=loss)
 
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     return grads, metrics
 
   def train_step(state, rest, batch, rng):
     # A fresh dropout key per step: fold the step into the run's key (RNG state is not carried between steps).
     key = jax.random.fold_in(rng, state["step"])
+    trainable, frozen = optim.partition(state["params"], s.trainable)
     if accum == 1:
-      grads, metrics = loss_and_grads(state["params"], rest, batch, key)
+      grads, metrics = loss_and_grads(trainable, frozen, rest, batch, key)
     else:
       micro = jax.tree.map(lambda x: _micro_batches(x, accum), batch)
 
       def accumulate(total, xs):
         i, mb = xs
-        return jax.tree.map(jnp.add, total, loss_and_grads(state["params"], rest, mb, jax.random.fold_in(key, i))), None
+        grads_metrics = loss_and_grads(trainable, frozen, rest, mb, jax.random.fold_in(key, i))
+        return jax.tree.map(jnp.add, total, grads_metrics), None
 
-      shapes = jax.eval_shape(loss_and_grads, state["params"], rest, jax.tree.map(lambda x: x[0], micro), key)
+      shapes = jax.eval_shape(loss_and_grads, trainable, frozen, rest, jax.tree.map(lambda x: x[0], micro), key)
       zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
       total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum), micro))
       grads, metrics = jax.tree.map(lambda t: t / accum, total)
-    updates, opt_state = s.tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    updates, opt_state = s.tx.update(grads, state["opt_state"], trainable)
+    params = optim.combine(s.trainable, optax.apply_updates(trainable, updates), frozen)
     new = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
     if "ema" in state:
       d = cfg.optim.ema_decay
@@ -101,6 +107,7 @@ HEADLINE = ("detection/AP50", "detection/text_blind/AP50", "grounding/AP50", "gr
 def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  config = modes.resolve(config)  # train.mode's parameter patterns, as config.json records them
   lead = jax.process_index() == 0
   if lead:
     config_utils.save_config(config, workdir)
@@ -108,6 +115,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
   if lead:  # the other processes wait, then read what process 0 wrote (a shared file system)
     for name, _ in pipeline.source_weights(config.data):
       sources.prepare_builtin(config.data.data_dir, name)
+    warm_start.prepare_workdir(config, workdir)
     runtime.prepare_tokenizer(config, workdir)
   distributed.barrier("glipjax: dataset and tokenizer prepared")
   tokenizer = runtime.prepare_tokenizer(config, workdir)
@@ -124,9 +132,13 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
     mngr = checkpoints.checkpoint_manager(workdir, config)
     start_step, state = checkpoints.restore_latest(mngr, s, train_iter)
     _, rest = s.init()  # rng bookkeeping only; parameters come from the checkpoint when resuming
-    if state is None:
+    if state is None:  # nothing to resume: the initialisers, then train.init_from & co (glipjax/warm_start.py)
       state, rest = s.init()
       start_step = 0
+      params, loaded = warm_start.warm_start(s, state["params"])
+      if loaded:
+        state = jax.jit(lambda p: runtime.state_from_params(s.config, s.tx, s.trainable, p),
+                        out_shardings=s.state_shardings)(params)
     else:
       logging.info("resumed from step %d", start_step)
     train_step = make_train_step(s)

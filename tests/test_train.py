@@ -409,3 +409,22 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
   proc = subprocess.run(cmd[:6] + ["nothere", "--protocol", "coco"], cwd=REPO, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 2 and "not prepared" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_prompt_tuning_from_a_trained_run_changes_only_the_prompt_table(full_run, data_dir, tmp_path):
+  """train.init_from a workdir + train.mode=prompt_tuning: every parameter but the table comes out bit for bit as
+  the source run left it, the table moves, the tokenizer is the source's, and the official export names it."""
+  source, _ = full_run
+  config = small_config(data_dir, **{"train.mode": "prompt_tuning", "train.init_from": str(source),
+                                     "train.num_steps": 3, "optim.learning_rate": 0.05, "optim.weight_decay": 0.25})
+  workdir = tmp_path / "prompt_tuned"
+  trainer.train_and_evaluate(config, workdir, progress=False)
+  assert np.isfinite(list(losses(workdir).values())).all()
+  from glipjax.interop import workdirs
+  _, before = workdirs.official_state_from_workdir(source)
+  _, after = workdirs.official_state_from_workdir(workdir)
+  assert set(after) - set(before) == {"rpn.tunable_linear.weight"}
+  assert np.abs(after["rpn.tunable_linear.weight"]).max() > 0
+  for key, value in before.items():
+    np.testing.assert_array_equal(after[key], value, err_msg=key)
+  assert (workdir / "tokenizer.model").read_bytes() == (source / "tokenizer.model").read_bytes()

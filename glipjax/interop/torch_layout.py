@@ -59,12 +59,13 @@ def _rename(key: str, renames: Sequence[tuple[str, str]]) -> str:
 
 def load_torch_state(module: nnx.Module, state: Mapping[str, Any], *, prefix: str = "",
                      renames: Sequence[tuple[str, str]] = (), ignore: Sequence[str] = (),
-                     strict: bool = True) -> list[str]:
+                     strict: bool = True, unknown: list[str] | None = None) -> list[str]:
   """Assigns a torch-layout state dict into `module` in place.
 
   Keys not starting with `prefix` are not considered; the prefix is stripped, keys matching an `ignore` regex
   are skipped, then `renames` (regex, replacement) apply in order. Every assignment is shape-checked. With
-  `strict`, every parameter of `module` must be assigned exactly once. Returns the (renamed) keys assigned.
+  `strict`, every parameter of `module` must be assigned exactly once. A key the module has no parameter for
+  raises, or is appended to `unknown` when a list is given. Returns the (renamed) keys assigned.
   """
   assigned: dict[tuple, str] = {}
   stacked: dict[tuple, tuple[nnx.Variable, dict[int, np.ndarray]]] = {}  # slices of stacked params
@@ -76,11 +77,17 @@ def load_torch_state(module: nnx.Module, state: Mapping[str, Any], *, prefix: st
       continue
     key = _rename(key, renames)
     *parts, leaf = key.split(".")
-    owner, index = _walk(module, parts, raw_key)
-    name, transform = _leaf_rules(owner).get(leaf, (leaf, lambda w: w))
-    var = getattr(owner, name, None)
-    if not isinstance(var, nnx.Variable):
-      raise KeyError(f"state-dict key {raw_key!r}: {type(owner).__name__} has no parameter {name!r}")
+    try:
+      owner, index = _walk(module, parts, raw_key)
+      name, transform = _leaf_rules(owner).get(leaf, (leaf, lambda w: w))
+      var = getattr(owner, name, None)
+      if not isinstance(var, nnx.Variable):
+        raise KeyError(f"state-dict key {raw_key!r}: {type(owner).__name__} has no parameter {name!r}")
+    except KeyError:
+      if unknown is None:
+        raise
+      unknown.append(raw_key)
+      continue
     array = np.asarray(transform(np.asarray(value)))
     shape = tuple(var.shape)[1:] if index is not None else tuple(var.shape)
     if array.shape != shape:

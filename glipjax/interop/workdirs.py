@@ -71,7 +71,7 @@ def convert_official(state_dict: Mapping[str, np.ndarray], config, workdir: str 
   imported = nnx.state(model, nnx.Param)
   with jax.set_mesh(s.mesh):
     params = jax.tree.map(lambda v, sh: jax.device_put(np.asarray(v), sh), imported, s.state_shardings["params"])
-    state = jax.jit(lambda p: runtime.state_from_params(config, s.tx, p), out_shardings=s.state_shardings)(params)
+    state = jax.jit(lambda p: runtime.state_from_params(s.config, s.tx, s.trainable, p), out_shardings=s.state_shardings)(params)
     mngr = checkpoints.checkpoint_manager(workdir, config)
     mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
     mngr.wait_until_finished()
