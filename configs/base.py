@@ -33,6 +33,9 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
       # > 0: each caption example is followed by 1..caption_negatives names of categories absent from the image
       # (phrases that ground nothing), so that captions teach the model to read words too.
       caption_negatives=0,
+      # > 0: few-shot training (the ODinW protocol, glipjax/data/few_shot.py): each training source reduced to
+      # k images per category, drawn with the run's `seed` (a sweep over seeds draws different samples).
+      few_shot=0,
   ))
 
   # Official recipe: AdamW, language backbone lr x0.1, no decay on biases/norms, warmup + step decay.

@@ -20,7 +20,7 @@ import numpy as np
 
 from glipjax.data import batch as batch_lib
 from glipjax.data import buckets as buckets_lib
-from glipjax.data import prompting, records, sources, transforms
+from glipjax.data import few_shot, prompting, records, sources, transforms
 from glipjax.text.tokenizers import Tokenizer
 
 SKIPPED: collections.Counter = collections.Counter()  # reasons examples (or boxes) were skipped, per process
@@ -125,19 +125,6 @@ def _record_id(record) -> str:
     return f"image_id {int(record['image_id'])}"
   except (KeyError, TypeError, ValueError):
     return "(no image_id)"
-
-
-class _Subset:
-  """Records `indices` of a random-access source, as a random-access source."""
-
-  def __init__(self, source, indices: np.ndarray):
-    self.source, self.indices = source, indices
-
-  def __len__(self) -> int:
-    return len(self.indices)
-
-  def __getitem__(self, i: int):
-    return self.source[int(self.indices[i])]
 
 
 class _Tagged:
@@ -267,6 +254,8 @@ def default_rows(global_batch_size: int, shard_by_process: bool = True) -> tuple
 
 def _train_batches(data_cfg, split, tokenizer, global_batch_size, rows, seed, max_query_len, prompter):
   datasets, weights = open_datasets(data_cfg, split), [w for _, w in source_weights(data_cfg)]
+  if data_cfg.few_shot > 0:  # the ODinW protocol: k images per category, drawn with the run's seed
+    datasets = [few_shot.subset(d, data_cfg.few_shot, seed) for d in datasets]
   buckets = buckets_lib.Buckets.from_config(data_cfg)
   transforms_ = []
   for dataset in datasets:
@@ -286,7 +275,7 @@ def _train_batches(data_cfg, split, tokenizer, global_batch_size, rows, seed, ma
   for b in range(num_buckets):
     # Each source shuffled (every epoch anew) and repeated on its own, then interleaved deterministically by
     # weight: element n of a stream is the same on any process count, and random access stays O(1).
-    parts = [(grain.MapDataset.source(_Subset(d.source, m[b])).shuffle(seed=seed + 1009 * b + i).repeat()
+    parts = [(grain.MapDataset.source(sources.Subset(d.source, m[b])).shuffle(seed=seed + 1009 * b + i).repeat()
               .map(_Tagged(i)), mass[i, b]) for i, (d, m) in enumerate(zip(datasets, members)) if mass[i, b] > 0]
     streams.append(None if not parts else parts[0][0] if len(parts) == 1 else
                    grain.MapDataset.mix([p for p, _ in parts], [w for _, w in parts]))

@@ -102,6 +102,28 @@ class Dataset:
     return sizes
 
 
+  def subset(self, indices) -> "Dataset":
+    """The records at `indices`, in that order, as a dataset of their own (a few-shot sample, say)."""
+    indices = np.asarray(indices, np.int64)
+    out = dataclasses.replace(self, source=Subset(self.source, indices), directory=None)
+    if self.directory is not None or "image_sizes" in self.__dict__:  # known without decoding: carry them over
+      out.__dict__["image_sizes"] = self.image_sizes[indices]     # (where cached_property keeps its value)
+    return out
+
+
+class Subset:
+  """Records `indices` of a random-access source, as a random-access source."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, indices
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int):
+    return self.source[int(self.indices[i])]
+
+
 def image_hw(image) -> tuple[int, int]:
   """(height, width) of an encoded image (from its header only) or of a decoded array."""
   if isinstance(image, (bytes, bytearray)):
