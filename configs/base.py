@@ -36,6 +36,9 @@ def get_config(model: ml_collections.ConfigDict | None = None) -> ml_collections
       # > 0: few-shot training (the ODinW protocol, glipjax/data/few_shot.py): each training source reduced to
       # k images per category, drawn with the run's `seed` (a sweep over seeds draws different samples).
       few_shot=0,
+      # True: every training example is prompted with all categories in order, as evaluation prompts them
+      # (prompt tuning and GLIP's ODinW fine-tuning); captions are not used.
+      fixed_prompt=False,
   ))
 
   # Official recipe: AdamW, language backbone lr x0.1, no decay on biases/norms, warmup + step decay.

@@ -204,3 +204,17 @@ def test_pretrained_bert_and_swin_start_the_encoders(tmp_path):
   with pytest.raises(FileNotFoundError, match="not an HF BERT directory"):
     loaded_official(config_utils.apply_overrides(tiny_config(), {"train.init_language_from":
                                                                  str(tmp_path / "notbert")}))
+
+
+def test_fixed_prompts_name_every_category_in_order_for_every_example():
+  from glipjax.data import prompting
+  names = ["crimson circle", "azure circle", "violet circle"]
+  prompter = prompting.TrainPrompter(names, detection_prob=0.5, max_negatives=1, fixed=True, max_phrases=3)
+  record = dict(labels=np.array([3, 1]), caption="a violet circle", phrase_spans=np.array([[2, 15]]),
+                box_phrase=np.array([0, -1]))
+  for seed in range(3):
+    p = prompter(record, np.random.default_rng(seed))
+    assert p.caption == "crimson circle. azure circle. violet circle."
+    np.testing.assert_array_equal(p.box_phrase, [2, 0])
+  with pytest.raises(ValueError, match="does not fit"):
+    prompting.TrainPrompter(names, detection_prob=1.0, max_negatives=0, fixed=True, max_phrases=2)

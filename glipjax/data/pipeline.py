@@ -51,7 +51,8 @@ def train_prompter(data_cfg, dataset: sources.Dataset, tokenizer: Tokenizer,
   return prompting.TrainPrompter(dataset.category_names, detection_prob=data_cfg.detection_prompt_prob,
                                  max_negatives=data_cfg.max_negatives, tokenizer=tokenizer, max_len=max_query_len,
                                  max_phrases=data_cfg.max_phrases,
-                                 caption_negatives=data_cfg.get("caption_negatives", 0))
+                                 caption_negatives=data_cfg.get("caption_negatives", 0),
+                                 fixed=data_cfg.get("fixed_prompt", False))
 
 
 def eval_canvas(data_cfg, image_hw: tuple[int, int]) -> tuple[int, int]:

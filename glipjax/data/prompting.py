@@ -110,16 +110,29 @@ def caption_with_negatives(record: dict, category_names: Sequence[str], rng: np.
 class TrainPrompter:
   """Per training example: with probability `detection_prob` a sampled detection prompt over `category_names`,
   otherwise the record's caption (records without a caption always get a detection prompt), followed by up to
-  `caption_negatives` names of absent categories (`caption_with_negatives`)."""
+  `caption_negatives` names of absent categories (`caption_with_negatives`). `fixed`: every example gets the one
+  prompt naming every category in order — the prompt evaluation uses, which prompt tuning needs (its table adds
+  a vector per token position, so a position must always hold the same word) and GLIP fine-tunes ODinW with."""
 
   def __init__(self, category_names: Sequence[str], *, detection_prob: float, max_negatives: int,
                tokenizer: Tokenizer | None = None, max_len: int = 0, max_phrases: int | None = None,
-               caption_negatives: int = 0):
+               caption_negatives: int = 0, fixed: bool = False):
     self.names, self.detection_prob = list(category_names), detection_prob
     self.max_negatives, self.tokenizer, self.max_len, self.max_phrases = max_negatives, tokenizer, max_len, max_phrases
     self.caption_negatives = caption_negatives
+    self.fixed = fixed
+    if fixed:
+      if not self.names:
+        raise ValueError("data.fixed_prompt needs a dataset with categories")
+      too_many = max_phrases is not None and len(self.names) > max_phrases
+      if too_many or (tokenizer is not None and tokenizer.encode(
+          prompts.build_detection_prompt(self.names)[0], max_len).truncated):
+        raise ValueError(f"data.fixed_prompt: the prompt naming all {len(self.names)} categories does not fit "
+                         f"model.max_query_len={max_len} tokens / data.max_phrases={max_phrases}")
 
   def __call__(self, record: dict, rng: np.random.Generator) -> Prompt:
+    if self.fixed:
+      return category_prompt(record["labels"], range(1, len(self.names) + 1), self.names)
     has_caption = bool(record.get("caption")) and len(record.get("phrase_spans", ())) > 0
     if self.names and (not has_caption or rng.random() < self.detection_prob):
       return sampled_detection_prompt(record["labels"], self.names, rng, max_negatives=self.max_negatives,
