@@ -113,8 +113,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
     config_utils.save_config(config, workdir)
   t_start = time.time()
   if lead:  # the other processes wait, then read what process 0 wrote (a shared file system)
-    for name, _ in pipeline.source_weights(config.data):
-      sources.prepare_builtin(config.data.data_dir, name)
+    for name in [n for n, _ in pipeline.source_weights(config.data)] + [config.data.eval_source]:
+      sources.prepare_builtin(config.data.data_dir, name)  # the embedded dataset, when named and not yet built
     warm_start.prepare_workdir(config, workdir)
     runtime.prepare_tokenizer(config, workdir)
   distributed.barrier("glipjax: dataset and tokenizer prepared")

@@ -27,7 +27,6 @@ from flax import nnx
 from glipjax import config_utils, runtime
 from glipjax.interop import hf, official, workdirs
 from glipjax.interop.torch_layout import load_torch_state
-from glipjax.models.glip import GLIP
 from glipjax.optim import param_path
 
 # Keys of a Swin classification checkpoint (microsoft/Swin-Transformer) GLIP does not use: the classifier, the

@@ -136,7 +136,8 @@ def small_config(shape=(-1, 1, 1)):
   return config_utils.apply_overrides(tiny.get_config(), {
       "data.canvas": (64, 64), "model.max_query_len": 16, "model.swin.depths": (1, 1, 1, 1),
       "model.language.num_layers": 1, "model.dyhead.num_layers": 1, "train.global_batch_size": 8,
-      "optim.warmup_steps": 1, "mesh.shape": shape, "model.dyhead.fusion": True})
+      "optim.warmup_steps": 1, "mesh.shape": shape, "model.dyhead.fusion": True,
+      "train.mode": "full"})  # every parameter trains: every one has sharded moments
 
 
 def synthetic_batch(config) -> dict:

@@ -37,10 +37,9 @@ def all_paths(config) -> set[str]:
 
 @pytest.fixture(scope="module")
 def paths():
-  return types.SimpleNamespace(**{mode: trainable_paths(tiny_config(**{"train.mode": mode, "model.dyhead.fusion": True}))
-                                  for mode in modes.NAMES},
-                               everything=all_paths(tiny_config(**{"train.mode": "prompt_tuning",
-                                                                   "model.dyhead.fusion": True})))
+  fused = {"model.dyhead.fusion": True}
+  return types.SimpleNamespace(**{m: trainable_paths(tiny_config(**fused, **{"train.mode": m})) for m in modes.NAMES},
+                               everything=all_paths(tiny_config(**fused, **{"train.mode": "prompt_tuning"})))
 
 
 def test_each_mode_trains_what_it_names(paths):

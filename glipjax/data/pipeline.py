@@ -255,7 +255,7 @@ def default_rows(global_batch_size: int, shard_by_process: bool = True) -> tuple
 
 def _train_batches(data_cfg, split, tokenizer, global_batch_size, rows, seed, max_query_len, prompter):
   datasets, weights = open_datasets(data_cfg, split), [w for _, w in source_weights(data_cfg)]
-  if data_cfg.few_shot > 0:  # the ODinW protocol: k images per category, drawn with the run's seed
+  if data_cfg.get("few_shot", 0) > 0:  # the ODinW protocol: k images per category, drawn with the run's seed
     datasets = [few_shot.subset(d, data_cfg.few_shot, seed) for d in datasets]
   buckets = buckets_lib.Buckets.from_config(data_cfg)
   transforms_ = []
@@ -287,8 +287,7 @@ def _train_batches(data_cfg, split, tokenizer, global_batch_size, rows, seed, ma
   return _TrainBatches(streams, transforms_, schedule, buckets, data_cfg, global_batch_size, rows, seed)
 
 
-def _eval_batches(data_cfg, split, tokenizer, global_batch_size, rows, max_query_len, prompter):
-  dataset = eval_dataset(data_cfg, split)
+def _eval_batches(data_cfg, dataset, tokenizer, global_batch_size, rows, max_query_len, prompter):
   transform = _Transform(data_cfg, tokenizer, max_query_len, False, prompter, dataset.name)
   buckets = buckets_lib.Buckets.from_config(data_cfg)
   if buckets is None:
@@ -305,19 +304,21 @@ def _eval_batches(data_cfg, split, tokenizer, global_batch_size, rows, max_query
 
 def make_pipeline(data_cfg, split: str, tokenizer: Tokenizer, *, global_batch_size: int, train: bool, seed: int,
                   max_query_len: int, shard_by_process: bool = True, rows: tuple[int, int] | None = None,
-                  prompter=None):
+                  prompter=None, dataset: sources.Dataset | None = None):
   """An iterator of numpy batch dicts (glipjax/data/batch.py): rows `rows` (default: this process's equal slice)
   of each global batch. Train: the sources mixed by weight, shuffled (reshuffled every epoch), repeated, random
   scale and flip, one aspect-ratio bucket per batch. Eval: one ordered pass per bucket; each bucket's last global
   batch is padded with `valid` False. Element n of the iterator is global batch n on any process count, and its
   state is {"next_index": batches consumed}, so a checkpoint fits any process count. `prompter`: see
-  `_Transform` (default: each source's training prompts, or the record's caption for evaluation)."""
+  `_Transform` (default: each source's training prompts, or the record's caption for evaluation). `dataset`
+  (evaluation): the records to pass over instead of `split` of `data.eval_source` (a subset, say)."""
   rows = rows or default_rows(global_batch_size, shard_by_process)
   if train:
     local = _train_batches(data_cfg, split, tokenizer, global_batch_size, rows, seed, max_query_len, prompter)
     num_batches = 2 ** 62  # endless: the streams repeat
   else:
-    local = _eval_batches(data_cfg, split, tokenizer, global_batch_size, rows, max_query_len, prompter)
+    local = _eval_batches(data_cfg, dataset or eval_dataset(data_cfg, split), tokenizer, global_batch_size, rows,
+                          max_query_len, prompter)
     num_batches = len(local)
   batches = grain.MapDataset.range(num_batches).map(local)
   return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=max(1, data_cfg.num_workers),

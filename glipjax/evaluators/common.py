@@ -43,17 +43,20 @@ def make_predict_fn(graphdef, config):
 
 
 def predict_split(predict, config, tokenizer, mesh, *, prompter, split: str = "validation",
-                  progress: str = "") -> Iterator[tuple]:
+                  progress: str = "", batches: Callable | None = None) -> Iterator[tuple]:
   """Runs `predict(batch) -> detections` over one pass of `split` with `prompter` (record -> Prompt) and yields
   (image_id, detections) per image, on every process: boxes [K,4] xyxy in original-image pixels, scores [K],
   category_ids [K] (each detection's phrase mapped through the prompt's `phrase_categories`). Detections and
   the rows' identities are gathered together from the global arrays, so every process sees every image.
-  `progress`: a progress bar's title (process 0), none when empty."""
+  `progress`: a progress bar's title (process 0), none when empty. `batches(rows)`: evaluation batches (rows
+  [start, stop) of each global batch of `config.eval.global_batch_size`) to run instead of the split's pass,
+  e.g. a pass over some of its records (glipjax/pseudo_label.py); `prompter` and `split` are then unused."""
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.batch_axes)
   batch_size = config.eval.global_batch_size
-  data = pipeline.make_pipeline(config.data, split, tokenizer, global_batch_size=batch_size, train=False,
-                                seed=config.seed, max_query_len=config.model.max_query_len, prompter=prompter,
-                                rows=distributed.process_rows(batch_sharding, batch_size))
+  rows = distributed.process_rows(batch_sharding, batch_size)
+  data = batches(rows) if batches is not None else pipeline.make_pipeline(
+      config.data, split, tokenizer, global_batch_size=batch_size, train=False, seed=config.seed,
+      max_query_len=config.model.max_query_len, prompter=prompter, rows=rows)
   bar = tqdm(data, total=len(data) if hasattr(data, "__len__") else None, desc=progress, unit="batch",
              disable=not progress or jax.process_index() != 0, leave=False)
   for local in bar:

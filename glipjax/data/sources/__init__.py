@@ -102,10 +102,12 @@ class Dataset:
     return sizes
 
 
-  def subset(self, indices) -> "Dataset":
-    """The records at `indices`, in that order, as a dataset of their own (a few-shot sample, say)."""
+  def subset(self, indices, wrap=None) -> "Dataset":
+    """The records at `indices`, in that order, as a dataset of their own (a few-shot sample, say); `wrap` (a
+    `Subset` -> random-access source) may decorate its records."""
     indices = np.asarray(indices, np.int64)
-    out = dataclasses.replace(self, source=Subset(self.source, indices), directory=None)
+    source = Subset(self.source, indices)
+    out = dataclasses.replace(self, source=wrap(source) if wrap else source, directory=None)
     if self.directory is not None or "image_sizes" in self.__dict__:  # known without decoding: carry them over
       out.__dict__["image_sizes"] = self.image_sizes[indices]     # (where cached_property keeps its value)
     return out
@@ -239,7 +241,8 @@ def write(name: str, split: str, data_dir: str | pathlib.Path, fmt: str, categor
 
 
 def _kind(fmt: str) -> str:
-  return {"coco": "detection", "lvis": "detection", "odvg": "grounding", "mdetr": "grounding"}.get(fmt, fmt)
+  return {"coco": "detection", "lvis": "detection", "odvg": "grounding", "mdetr": "grounding",
+          "pseudo": "grounding"}.get(fmt, fmt)  # pseudo: a teacher's boxes on captions (glipjax/pseudo_label.py)
 
 
 def prepare_builtin(data_dir: str | pathlib.Path, name: str) -> None:
