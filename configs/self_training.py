@@ -23,6 +23,6 @@ def get_config(arg: str = "teacher"):
   # The student sees the pseudo-labelled captions as often as the human-labelled detection and grounding data
   # together (GLIP mixes its Cap4M pseudo-labels with the human-annotated sets the same way, by weight).
   c.data.update(sources=LABELLED + ((("st_pseudo", 2.0),) if arg == "student" else ()),
-                eval_source="synthetic_grounding", caption_negatives=3)
+                eval_source="synthetic_grounding")
   c.train.update(num_steps=1200, eval_every=1200, checkpoint_every=400)
   return c

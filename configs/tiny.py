@@ -21,7 +21,10 @@ def get_config():
   c.data.update(sources=(("synthetic_grounding", 1.0),), train_short_sides=(112, 120, 128), max_size=128,
                 eval_short_side=128, canvas=(128, 128), aspect_buckets=(),  # square scenes: one canvas
                 flip_prob=0.5, max_boxes=8, max_phrases=16, tokenizer="sentencepiece", sentencepiece_vocab_size=128,
-                detection_prompt_prob=0.5, max_negatives=14)
+                detection_prompt_prob=0.5, max_negatives=14,
+                # 1..3 names of absent kinds after each caption (the fusion_ablation sweep's base; at 1600 steps
+                # detection AP 0.924 vs 0.88 without, grounding AP50 0.901 vs 0.883: README, "Sweeps").
+                caption_negatives=3)
   c.optim.update(learning_rate=1e-3, weight_decay=1e-4, warmup_steps=100,
                  schedule="cosine", grad_clip_norm=1.0)
   c.train.update(mode="frozen_language", global_batch_size=16, num_steps=1600, log_every=25, eval_every=1600,

@@ -6,7 +6,7 @@ cores with --parallel 2).
   python -m launch.report --root runs/fusion_ablation
 
 Base: configs/tiny.py (late fusion, GLIP-T(A)-style DyConv tower of 2 layers, token focal loss, detection prompts
-with negatives) with negative captions on, trained 400 steps with one evaluation at the end.
+with negatives, negative captions), trained 400 steps with one evaluation at the end.
 """
 from configs import tiny
 from glipjax.sweeps import chain, product, seeds, sweep, zipped
@@ -14,7 +14,6 @@ from glipjax.sweeps import chain, product, seeds, sweep, zipped
 
 def get_config():
   c = tiny.get_config()
-  c.data.caption_negatives = 3
   c.train.update(num_steps=400, eval_every=400, checkpoint_every=200, log_every=25)
   c.checkpoint.max_to_keep = 1
   c.eval.num_pictures = 2
