@@ -44,21 +44,14 @@ class Loaded:
   unused: list[str]
 
 
-def _run_dir(path: pathlib.Path) -> pathlib.Path | None:
-  """The training workdir a checkpoint folder belongs to (the nearest folder up with config.json), or None."""
-  for candidate in (path, path.parent, path.parent.parent):
-    if (candidate / "config.json").is_file():
-      return candidate
-  return None
-
-
-def _glipjax_source(config, path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path | None]:
-  """(run workdir, checkpoint folder or None for its newest) of an `init_from` folder."""
-  run = _run_dir(path)
-  if run is None:
-    raise FileNotFoundError(f"train.init_from {path} is neither a glipjax workdir nor inside one (no config.json "
-                            "in it or the two folders above it)")
-  return run, (None if path == run else path)
+def _glipjax_source(path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path | None]:
+  """(run workdir, checkpoint folder or None for its newest) of an `init_from` folder: the run is the nearest
+  folder up with a config.json."""
+  for run in (path, path.parent, path.parent.parent):
+    if (run / "config.json").is_file():
+      return run, (None if path == run else path)
+  raise FileNotFoundError(f"train.init_from {path} is neither a glipjax workdir nor inside one (no config.json "
+                          "in it or the two folders above it)")
 
 
 def prepare_workdir(config, workdir: pathlib.Path) -> None:
@@ -70,7 +63,7 @@ def prepare_workdir(config, workdir: pathlib.Path) -> None:
   path = pathlib.Path(config.train.init_from).expanduser()
   if not path.is_dir() or (workdir / "tokenizer.model").exists():
     return
-  run, _ = _glipjax_source(config, path)
+  run, _ = _glipjax_source(path)
   source = workdirs.tokenizer_file(config_utils.load_workdir_config(run), run)
   if source is None or not source.is_file():
     raise FileNotFoundError(f"train.init_from {run} has no tokenizer file to start from")
@@ -78,10 +71,10 @@ def prepare_workdir(config, workdir: pathlib.Path) -> None:
   logging.info("tokenizer: %s (the init_from run's)", source)
 
 
-def _official_state(config, path: pathlib.Path) -> dict[str, np.ndarray]:
+def _official_state(path: pathlib.Path) -> dict[str, np.ndarray]:
   """The official-layout state dict of `train.init_from`."""
   if path.is_dir():
-    run, checkpoint = _glipjax_source(config, path)
+    run, checkpoint = _glipjax_source(path)
     source_config = config_utils.load_workdir_config(run)
     # Read it on a mesh every device count has: parameters replicated, readable by every process.
     source_config.mesh.update(shape=(-1, 1, 1), dcn_shape=(1, 1, 1))
@@ -131,7 +124,7 @@ def load_sources(config, abstract_model) -> list[Loaded]:
   loaded = []
   if t.init_from:
     path = pathlib.Path(t.init_from).expanduser()
-    loaded.append(_load(abstract_model, _official_state(config, path), f"train.init_from {path}",
+    loaded.append(_load(abstract_model, _official_state(path), f"train.init_from {path}",
                         strict_source=False))
   if t.init_language_from:
     path = pathlib.Path(t.init_language_from).expanduser()

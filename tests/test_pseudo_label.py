@@ -412,3 +412,39 @@ def test_a_student_trains_on_the_pseudo_labels(real_run, data, tmp_path):
   rows = [json.loads(l) for l in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
   losses = [r["loss"] for r in rows if "loss" in r]
   assert len(losses) == 2 and all(np.isfinite(losses)) and losses[0] > 0
+
+
+@pytest.mark.slow
+def test_the_embedded_teacher_student_loop_runs_as_the_readme_writes_it(tmp_path):
+  """The README's command sequence, each command as a user types it (budgets shrunk by --config overrides): files
+  in the real formats -> prepare -> teacher -> pseudo_label -> student; both evaluate on the embedded task."""
+  def run(*argv):
+    out = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, (argv, out.stderr[-3000:])
+    return out.stdout
+
+  files, data_dir = tmp_path / "files", tmp_path / "tfds"
+  run("glipjax.tools.synthetic_files", "--out", str(files / "st_labelled"), "--seed", "31", "--count", "24",
+      "--image_size", "64")
+  run("glipjax.tools.synthetic_files", "--out", str(files / "st_unlabelled"), "--seed", "32", "--count", "24",
+      "--image_size", "64")
+  for fmt, annotations, part, name in (("coco", "instances.json", "st_labelled", "st_labelled_det"),
+                                       ("mdetr", "grounding.json", "st_labelled", "st_labelled_gnd"),
+                                       ("captions", "captions.jsonl", "st_unlabelled", "st_unlabelled")):
+    run("glipjax.data.prepare", "--format", fmt, "--annotations", str(files / part / annotations), "--images",
+        str(files / part / "images"), "--name", name, "--split", "train", "--data_dir", str(data_dir))
+  small = [f"--config.data.data_dir={data_dir}", "--config.data.eval_source=synthetic_grounding/tiny",
+           "--config.data.canvas=(64, 64)", "--config.data.train_short_sides=(56, 64)", "--config.data.max_size=64",
+           "--config.data.eval_short_side=64", "--config.train.global_batch_size=4", "--config.train.num_steps=4",
+           "--config.train.eval_every=4", "--config.train.checkpoint_every=4", "--config.eval.num_pictures=1"]
+  run("glipjax.train", "--config", "configs/self_training.py:teacher", "--workdir", str(tmp_path / "teacher"),
+      *small)
+  run("glipjax.pseudo_label", "--teacher", str(tmp_path / "teacher"), "--dataset", "st_unlabelled", "--data_dir",
+      str(data_dir), "--out_name", "st_pseudo", "--threshold", "0.01", "--config.eval.pre_nms_thresh=0.0")
+  pseudo = sources.open_dataset(data_dir, "st_pseudo", "train")
+  assert pseudo.kind == "grounding" and len(pseudo.source) > 0
+  run("glipjax.train", "--config", "configs/self_training.py:student", "--workdir", str(tmp_path / "student"),
+      *small)
+  for who in ("teacher", "student"):
+    final = json.loads((tmp_path / who / "final_metrics.json").read_text())
+    assert {"detection", "grounding"} <= set(final) and final["steps"] == 4, who
