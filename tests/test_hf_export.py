@@ -21,6 +21,7 @@ from glipjax import config_utils
 from glipjax.interop import hf, official, workdirs
 from glipjax.models.glip import GLIP
 from glipjax.text.tokenizers import WordPieceTokenizer
+from official_weights import random_official_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
@@ -29,22 +30,6 @@ WORDS = "a red blue green circle square triangle left right of the and on big sm
 # magnitude up to ~7, BERT 1.4e-6 on magnitude ~6. The bound leaves ~7x for other CPUs' rounding; a wrong mapping
 # (a transposed kernel, q/k/v in the wrong order, a missing norm) is off by O(1).
 ATOL = RTOL = 2e-5
-
-
-def _random_state(model_cfg, seed=0) -> dict[str, np.ndarray]:
-  """Every parameter of an official GLIP state dict random at a trained-like scale (weights ~ 1/sqrt(fan_in),
-  norm scales 1 +- 0.3, biases and bias tables +- 0.3), so every term of every layer shows in the outputs."""
-  shapes = official.export_official(nnx.eval_shape(lambda: GLIP(model_cfg, rngs=nnx.Rngs(0))), model_cfg)
-  rng = np.random.default_rng(seed)
-  out = {}
-  for k, v in shapes.items():
-    if v.dtype.kind != "f" or k.startswith("rpn.anchor_generator."):
-      out[k] = np.ascontiguousarray(v)  # buffers: as the config computes them
-    elif v.ndim >= 2 and "relative_position_bias_table" not in k:
-      out[k] = (rng.normal(size=v.shape) / np.sqrt(np.prod(v.shape[1:]))).astype(np.float32)
-    else:
-      out[k] = ((k.endswith(".weight") and v.ndim == 1) + 0.3 * rng.normal(size=v.shape)).astype(np.float32)
-  return out
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +42,7 @@ def run(tmp_path_factory):
   config = tiny.get_config()
   config.model.swin.depths = (1, 1, 2, 2)
   config.data.update(tokenizer="wordpiece", tokenizer_path=str(vocab))
-  state = _random_state(config.model)
+  state = random_official_state(config.model)
   workdirs.convert_official(state, config, root / "run")
   config = config_utils.load_workdir_config(root / "run")
   model = nnx.eval_shape(lambda: GLIP(config.model, rngs=nnx.Rngs(0)))

@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
 from configs import tiny
@@ -20,6 +19,7 @@ from glipjax.data.prepare import prepare
 from glipjax.text import noun_phrases as np_lib
 from glipjax.text.noun_phrases import noun_phrases, noun_phrases_batch
 from glipjax.text.tokenizers import WordPieceTokenizer
+from official_weights import random_official_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORDS = "a an the two red blue green dog dogs cat man horse park frisbee sky mat barn old with in on of and".split()
@@ -280,21 +280,6 @@ def test_an_unreadable_image_is_skipped_and_counted(stand_in, data):
 # --------------------------------------------------------------------------------------------------------------
 # The command, with a real teacher
 
-def random_official_state(model_cfg, seed=0):
-  """An official GLIP state dict of `model_cfg`'s shapes with random weights at a trained-like scale."""
-  from glipjax.interop import official
-  from glipjax.models.glip import GLIP
-  shapes = official.export_official(nnx.eval_shape(lambda: GLIP(model_cfg, rngs=nnx.Rngs(0))), model_cfg)
-  rng = np.random.default_rng(seed)
-  out = {}
-  for k, v in shapes.items():
-    if v.dtype.kind != "f" or k.startswith("rpn.anchor_generator."):
-      out[k] = np.ascontiguousarray(v)
-    elif v.ndim >= 2 and "relative_position_bias_table" not in k:
-      out[k] = (rng.normal(size=v.shape) / np.sqrt(np.prod(v.shape[1:]))).astype(np.float32)
-    else:
-      out[k] = ((k.endswith(".weight") and v.ndim == 1) + 0.3 * rng.normal(size=v.shape)).astype(np.float32)
-  return out
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from glipjax import config_utils, modes, optim, perf, runtime, trainer, warm_sta
 from glipjax.data.batch import BatchSpec
 from glipjax.interop import hf, official, workdirs
 from glipjax.models.glip import GLIP
+from official_weights import random_official_state
 
 
 def tiny_config(**overrides):
@@ -103,11 +104,6 @@ def test_the_step_computes_no_gradient_for_frozen_parameters():
 
 # ---- warm starts ----
 
-def random_official_state(model_cfg, seed: int) -> dict[str, np.ndarray]:
-  shapes = official.export_official(nnx.eval_shape(lambda: GLIP(model_cfg, rngs=nnx.Rngs(0))), model_cfg)
-  rng = np.random.default_rng(seed)
-  return {k: (rng.normal(size=v.shape).astype(np.float32) if v.dtype.kind == "f" and
-              not k.startswith("rpn.anchor_generator.") else np.ascontiguousarray(v)) for k, v in shapes.items()}
 
 
 def loaded_official(config) -> dict[str, np.ndarray]:
