@@ -8,6 +8,11 @@ import pathlib
 import ml_collections
 
 
+class ConfigError(ValueError):
+  """A config that cannot run as asked (an unknown training mode, patterns that select no parameter, a checkpoint
+  that does not fit the model): the user's to fix, so commands print it in one line and exit 2."""
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
   path = pathlib.Path(workdir) / "config.json"
   path.parent.mkdir(parents=True, exist_ok=True)

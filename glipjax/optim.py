@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import optax
 
+from glipjax.config_utils import ConfigError
+
 
 def param_path(key_path) -> str:
   """"head/bias0" for a parameter's key path in an `nnx.State` (the Variable's trailing `.value` dropped)."""
@@ -37,7 +39,7 @@ def _check_patterns(cfg) -> None:
       try:
         re.compile(p)
       except re.error as e:
-        raise ValueError(f"optim.{key} pattern {p!r} is not a regular expression: {e}") from None
+        raise ConfigError(f"optim.{key} pattern {p!r} is not a regular expression: {e}") from None
 
 
 def trainable_mask(cfg, params) -> Any:
@@ -46,7 +48,7 @@ def trainable_mask(cfg, params) -> Any:
   mask = jax.tree.map(lambda path: _matches(cfg.trainable, path) and not _matches(cfg.frozen, path),
                       param_paths(params))
   if not any(jax.tree.leaves(mask)):
-    raise ValueError(f"no parameter trains: optim.trainable={tuple(cfg.trainable)} with "
+    raise ConfigError(f"no parameter trains: optim.trainable={tuple(cfg.trainable)} with "
                      f"optim.frozen={tuple(cfg.frozen)} selects none")
   return mask
 

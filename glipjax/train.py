@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 import glipjax  # noqa: F401
 from glipjax import distributed, trainer
+from glipjax.config_utils import ConfigError
 
 
 def main(argv):
@@ -21,7 +22,7 @@ def main(argv):
   distributed.initialize_from_flags()  # before any device use
   try:
     final = trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-  except FileNotFoundError as e:  # an unprepared dataset, a missing tokenizer file: the user's to fix
+  except (FileNotFoundError, ConfigError) as e:  # an unprepared dataset, a missing file, a config that cannot run
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(json.dumps({k: v for k, v in final.items() if not isinstance(v, dict)}, indent=2))

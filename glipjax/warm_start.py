@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from glipjax import config_utils, runtime
+from glipjax.config_utils import ConfigError
 from glipjax.interop import hf, official, workdirs
 from glipjax.interop.torch_layout import load_torch_state
 from glipjax.optim import param_path
@@ -108,12 +109,12 @@ def _load(model, state, source: str, *, prefix: str = "", ignore=(), strict_sour
     assigned = load_torch_state(model, state, renames=official.RENAMES, ignore=official.IGNORE, strict=False,
                                 unknown=unknown)
   except ValueError as e:  # a shape that does not fit: the config is not the checkpoint's model
-    raise ValueError(f"{source}: {e}") from None
+    raise ConfigError(f"{source}: {e}") from None
   if strict_source and unknown:
-    raise ValueError(f"{source}: {len(unknown)} keys have no place in the model (does the config match the "
+    raise ConfigError(f"{source}: {len(unknown)} keys have no place in the model (does the config match the "
                      f"checkpoint?): {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
   if not assigned:
-    raise ValueError(f"{source}: no parameter of the model is in it (keys like {sorted(state)[:3]})")
+    raise ConfigError(f"{source}: no parameter of the model is in it (keys like {sorted(state)[:3]})")
   return Loaded(source, len(assigned), unknown)
 
 

@@ -213,3 +213,14 @@ def test_fixed_prompts_name_every_category_in_order_for_every_example():
     np.testing.assert_array_equal(p.box_phrase, [2, 0])
   with pytest.raises(ValueError, match="does not fit"):
     prompting.TrainPrompter(names, detection_prob=1.0, max_negatives=0, fixed=True, max_phrases=2)
+
+
+def test_a_config_that_cannot_run_is_a_one_line_error(tmp_path):
+  import subprocess
+  import sys
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  out = subprocess.run([sys.executable, "-m", "glipjax.train", "--config", "configs/tiny.py", "--workdir",
+                        str(tmp_path / "run"), "--config.train.mode=fine_tune"], cwd=repo, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith("error: train.mode 'fine_tune': use one of full")

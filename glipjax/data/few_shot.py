@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 
+from glipjax.config_utils import ConfigError
 from glipjax.data import records
 
 
@@ -44,7 +45,7 @@ def image_categories(dataset) -> list[np.ndarray]:
 def subset(dataset, k: int, seed: int):
   """`dataset` reduced to its k-shot sample for `seed`; the counts are logged."""
   if dataset.kind not in ("detection", "synthetic") or not dataset.categories:
-    raise ValueError(f"data.few_shot={k}: dataset {dataset.name!r} ({dataset.kind}) has no categories to sample "
+    raise ConfigError(f"data.few_shot={k}: dataset {dataset.name!r} ({dataset.kind}) has no categories to sample "
                      "k images each of")
   cats = image_categories(dataset)
   kept = sample(cats, len(dataset.categories), k, seed)

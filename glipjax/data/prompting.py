@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from glipjax.config_utils import ConfigError
 from glipjax.data import records
 from glipjax.text import prompts
 from glipjax.text.tokenizers import Tokenizer
@@ -123,11 +124,11 @@ class TrainPrompter:
     self.fixed = fixed
     if fixed:
       if not self.names:
-        raise ValueError("data.fixed_prompt needs a dataset with categories")
+        raise ConfigError("data.fixed_prompt needs a dataset with categories")
       too_many = max_phrases is not None and len(self.names) > max_phrases
       if too_many or (tokenizer is not None and tokenizer.encode(
           prompts.build_detection_prompt(self.names)[0], max_len).truncated):
-        raise ValueError(f"data.fixed_prompt: the prompt naming all {len(self.names)} categories does not fit "
+        raise ConfigError(f"data.fixed_prompt: the prompt naming all {len(self.names)} categories does not fit "
                          f"model.max_query_len={max_len} tokens / data.max_phrases={max_phrases}")
 
   def __call__(self, record: dict, rng: np.random.Generator) -> Prompt:

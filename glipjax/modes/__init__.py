@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 
+from glipjax.config_utils import ConfigError
+
 NAMES = ("full", "prompt_tuning", "linear_probe", "frozen_language")
 
 
@@ -20,7 +22,7 @@ def resolve(config):
   """A copy of `config` with its `train.mode` applied (idempotent: resolving a resolved config changes nothing)."""
   mode = config.train.mode
   if mode not in NAMES:
-    raise ValueError(f"train.mode {mode!r}: use one of {', '.join(NAMES)}")
+    raise ConfigError(f"train.mode {mode!r}: use one of {', '.join(NAMES)}")
   config = config.copy_and_resolve_references()
   importlib.import_module(f"glipjax.modes.{mode}").configure(config)
   return config
