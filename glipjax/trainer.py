@@ -131,7 +131,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
                                         rows=distributed.process_rows(batch_sharding, config.train.global_batch_size))
     mngr = checkpoints.checkpoint_manager(workdir, config)
     start_step, state = checkpoints.restore_latest(mngr, s, train_iter)
-    _, rest = s.init()  # rng bookkeeping only; parameters come from the checkpoint when resuming
     if state is None:  # nothing to resume: the initialisers, then train.init_from & co (glipjax/warm_start.py)
       state, rest = s.init()
       start_step = 0
@@ -140,6 +139,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
         state = jax.jit(lambda p: runtime.state_from_params(s.config, s.tx, s.trainable, p),
                         out_shardings=s.state_shardings)(params)
     else:
+      rest = s.init_rest()  # the model's non-parameter state (RNG counters); the parameters came from the checkpoint
       logging.info("resumed from step %d", start_step)
     train_step = make_train_step(s)
     rng = jax.random.key(config.seed)
