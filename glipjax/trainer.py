@@ -141,6 +141,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, progress: bool = 
     else:
       rest = s.init_rest()  # the model's non-parameter state (RNG counters); the parameters came from the checkpoint
       logging.info("resumed from step %d", start_step)
+    finished = workdir / "final_metrics.json"
+    if start_step >= config.train.num_steps and finished.exists():  # a rerun of a finished run keeps its results
+      mngr.close()
+      print(f"{workdir} is already trained to step {start_step}: kept its final_metrics.json (raise "
+            "train.num_steps to train further, or use a new workdir)")
+      return json.loads(finished.read_text())
     train_step = make_train_step(s)
     rng = jax.random.key(config.seed)
     writer = metric_writers.create_default_writer(str(workdir), just_logging=not lead, asynchronous=False)

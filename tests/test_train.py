@@ -69,6 +69,15 @@ def test_resume_after_interruption_is_exact(full_run, data_dir, tmp_path):
   assert [a[s] for s in range(1, 7)] == [b[s] for s in range(1, 7)]  # bitwise equal on CPU
 
 
+def test_rerunning_a_finished_run_keeps_its_results(full_run, data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(full_run[0], workdir)
+  before = (workdir / "final_metrics.json").read_text()
+  again = trainer.train_and_evaluate(mixture_config(data_dir), workdir, progress=False)
+  assert (workdir / "final_metrics.json").read_text() == before
+  assert again == json.loads(before) and again["steps"] == 6
+
+
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(full_run, data_dir, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(full_run[0], workdir)
