@@ -16,9 +16,11 @@ from configs import tiny
 from glipjax import config_utils, pseudo_label, sharding
 from glipjax.data import pipeline, records, sources
 from glipjax.data.prepare import prepare
+from glipjax.evaluators.files import ScoreError
 from glipjax.text import noun_phrases as np_lib
 from glipjax.text.noun_phrases import noun_phrases, noun_phrases_batch
 from glipjax.text.tokenizers import WordPieceTokenizer
+from glipjax.tools import pseudo_label_quality as quality
 from official_weights import random_official_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -399,6 +401,31 @@ def test_a_student_trains_on_the_pseudo_labels(real_run, data, tmp_path):
   assert len(losses) == 2 and all(np.isfinite(losses)) and losses[0] > 0
 
 
+def test_pseudo_label_quality_against_hidden_ground_truth(tmp_path):
+  truth_file = tmp_path / "instances.json"
+  truth_file.write_text(json.dumps({
+      "images": [{"id": 7, "file_name": "sub/a.png", "height": 64, "width": 64}],
+      "categories": [{"id": 1, "name": "red circle"}, {"id": 2, "name": "blue square"}],
+      "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 10, 10]},
+                      {"id": 2, "image_id": 7, "category_id": 2, "bbox": [30, 30, 20, 20]}]}))
+  truth = quality.load_truth(truth_file)
+  caption = "two red circles and a blue square"
+  record = dict(file_name=b"a.png", caption=caption.encode(), phrase_spans=np.array([[0, 15], [20, 33]]),
+                boxes=np.array([[0, 0, 10, 10],      # on the red circle, named by phrase 0: right
+                                [31, 31, 50, 50],    # on the blue square (IoU 0.9) but named "two red circles"
+                                [12, 12, 20, 20]]),  # on nothing
+                box_phrase=np.array([0, 0, 1]))
+  stranger = dict(record, file_name=b"b.png")
+  m = quality.measure([record, stranger], truth)
+  assert m["boxes"] == 3 and m["boxes_without_ground_truth"] == 3
+  assert m["on_an_object"] == pytest.approx(2 / 3) and m["right_kind"] == pytest.approx(1 / 3)
+  assert m["per_kind"] == {"blue square": 0.0, "red circle": 1.0}
+  assert quality.names_kind("Two red circles", "red circle") and not quality.names_kind("a red square", "red circle")
+  truth_file.write_text("{}")
+  with pytest.raises(ScoreError, match="instances.json: not a COCO detection json"):
+    quality.load_truth(truth_file)
+
+
 @pytest.mark.slow
 def test_the_embedded_teacher_student_loop_runs_as_the_readme_writes_it(tmp_path):
   """The README's command sequence, each command as a user types it (budgets shrunk by --config overrides): files
@@ -428,6 +455,9 @@ def test_the_embedded_teacher_student_loop_runs_as_the_readme_writes_it(tmp_path
       str(data_dir), "--out_name", "st_pseudo", "--threshold", "0.01", "--config.eval.pre_nms_thresh=0.0")
   pseudo = sources.open_dataset(data_dir, "st_pseudo", "train")
   assert pseudo.kind == "grounding" and len(pseudo.source) > 0
+  report = run("glipjax.tools.pseudo_label_quality", "--data_dir", str(data_dir), "--dataset", "st_pseudo",
+               "--truth", str(files / "st_unlabelled" / "instances.json"))
+  assert "on an object" in report and "(0 without)" in report
   run("glipjax.train", "--config", "configs/self_training.py:student", "--workdir", str(tmp_path / "student"),
       *small)
   for who in ("teacher", "student"):
