@@ -1,6 +1,6 @@
 """Swin-T and BERT-base forward+backward on this CPU: glipjax (jitted, float32) against HF `transformers` PyTorch
-(train mode), same shapes, same thread count, one process. Prints the time ratio glipjax / torch (goal <= 0.8)
-and writes benchmarks/results/swin_bert_vs_torch.json.
+(train mode), same shapes, same thread count, one process. Prints the time ratio glipjax / torch per model (goal
+<= 0.95 each) and writes benchmarks/results/swin_bert_vs_torch.json.
 
   .venv/bin/python -m benchmarks.swin_bert_vs_torch [--repeats 5] [--models swin,bert] [--scan] [--remat full]
 
@@ -26,6 +26,8 @@ import glipjax  # noqa: F401  (flax config before any module is built)
 from configs.model import bert_base, swin_t
 from glipjax.models.bert import BertModel
 from glipjax.models.swin import SwinTransformer
+
+GOAL_RATIO = 0.95  # glipjax / torch, for each of Swin-T and BERT-base
 
 
 def _median_seconds(fn, repeats: int, warmup: int = 2) -> tuple[float, list[float]]:
@@ -135,11 +137,11 @@ def main(argv=None) -> dict:
   total_jax = sum(r["glipjax_seconds"] for r in results.values())
   total_torch = sum(r["torch_seconds"] for r in results.values())
   print(f"total: glipjax {total_jax:.3f} s, torch {total_torch:.3f} s, ratio {total_jax / total_torch:.2f} "
-        f"(goal <= 0.8)")
+        f"(goal <= {GOAL_RATIO} per model)")
   from benchmarks import common  # after the timings: it imports the whole trainer
   common.write_results("swin_bert_vs_torch", dict(
-      results, ratio=total_jax / total_torch, goal_ratio=0.8, torch_threads=args.threads, scan_layers=args.scan,
-      remat=args.remat, torch=torch.__version__, transformers=transformers.__version__))
+      results, ratio=total_jax / total_torch, goal_ratio=GOAL_RATIO, torch_threads=args.threads,
+      scan_layers=args.scan, remat=args.remat, torch=torch.__version__, transformers=transformers.__version__))
   return results
 
 
