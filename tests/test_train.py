@@ -403,6 +403,9 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
   assert lvis.score_files(tmp_path / "lvis.json", tmp_path / "lvis_res.json") == got["lvis"].metrics
   assert all(np.isfinite(v) and 0 <= v <= 1 for v in got["lvis"].metrics.values())
   assert set(got["lvis"].metrics) == set(lvis.METRIC_NAMES) and "standard" in got["lvis"].info["lvis_ap"]
+  # Five protocols, images of several sizes on the one canvas, partial last batches, dozens of prompts: one
+  # compiled inference program (no recompilation between images of the same bucket).
+  assert predictor._predict._cache_size() == 1
 
   # The command: metrics, predictions and pictures beside --out; a user's mistake is one line and exit 2.
   out = tmp_path / "cli" / "coco.json"
