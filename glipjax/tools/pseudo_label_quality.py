@@ -36,7 +36,7 @@ def load_truth(path: str | pathlib.Path) -> dict[str, list[tuple[np.ndarray, str
     names = {c["id"]: c["name"] for c in gt["categories"]}
     files = {im["id"]: pathlib.PurePath(im["file_name"]).name for im in gt["images"]}
     truth: dict[str, list] = {f: [] for f in files.values()}
-    for n, a in enumerate(gt["annotations"]):
+    for a in gt["annotations"]:
       x, y, w, h = (float(v) for v in a["bbox"])
       truth[files[a["image_id"]]].append((np.array([x, y, x + w, y + h]), names[a["category_id"]]))
   except (KeyError, TypeError, ValueError) as e:
