@@ -174,10 +174,6 @@ def check_settings(paths: Paths, settings: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Phrases per record, and the evaluation batches of a chunk of records.
 
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def raw_source(dataset: sources.Dataset):
   """The split's records with the image left encoded: captions to parse and image bytes to store, read cheaply."""
   import tensorflow_datasets as tfds
@@ -193,7 +189,7 @@ def chunk_phrases(raw, indices: Iterable[int], tokenizer, config) -> list[dict]:
   captions, unreadable = [], {}
   for k, i in enumerate(indices):
     try:
-      captions.append(_text(raw[int(i)]["caption"]))
+      captions.append(records.text(raw[int(i)]["caption"]))
     except Exception as e:  # noqa: BLE001 - whatever a damaged record raises
       logging.warning("record %d cannot be read: %s: %s", i, type(e).__name__, e)
       captions.append("")
@@ -444,7 +440,8 @@ def merge(dataset: sources.Dataset, paths: Paths, out_name: str, data_dir, setti
       r = raw[i]
       yield records.stored(
           image=r["image"], image_id=int(r["image_id"]), original_image_id=int(r["original_image_id"]),
-          sentence_id=int(r["sentence_id"]), file_name=_text(r["file_name"]), caption=_text(r["caption"]),
+          sentence_id=int(r["sentence_id"]), file_name=records.text(r["file_name"]),
+          caption=records.text(r["caption"]),
           boxes=line["boxes"], phrase_spans=[line["spans"][p] for p in used], span_phrase=np.arange(len(used)),
           box_phrase=[where[p] for p in line["phrases"]])
 

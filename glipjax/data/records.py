@@ -71,6 +71,11 @@ def decode(record) -> dict:
   return out
 
 
+def text(value) -> str:
+  """A stored string field (bytes from the array records) as str."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def num_phrases(record: dict) -> int:
   return int(record["span_phrase"].max()) + 1 if len(record["span_phrase"]) else 0
 

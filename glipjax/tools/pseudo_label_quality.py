@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from glipjax.data import sources
+from glipjax.data import records as records_lib, sources
 from glipjax.evaluators.files import ScoreError, load_json
 from glipjax.evaluators.flickr30k import iou
 
@@ -50,16 +50,18 @@ def measure(records, truth: dict[str, list[tuple[np.ndarray, str]]], iou_thresho
   counts = collections.Counter()
   per_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   for r in records:
-    objects = truth.get(pathlib.PurePath(_text(r["file_name"])).name)
+    objects = truth.get(pathlib.PurePath(records_lib.text(r["file_name"])).name)
     if objects is None:
       counts["boxes without ground truth"] += len(r["boxes"])
       continue
-    caption = _text(r["caption"])
-    gt_boxes = np.stack([b for b, _ in objects]) if objects else np.zeros((0, 4))
+    counts["boxes"] += len(r["boxes"])
+    if not objects:  # an image with no object: none of its boxes lies on one
+      continue
+    caption = records_lib.text(r["caption"])
+    gt_boxes = np.stack([b for b, _ in objects])
     for box, phrase in zip(np.asarray(r["boxes"], np.float64).reshape(-1, 4), r["box_phrase"]):
-      counts["boxes"] += 1
-      overlaps = iou(box[None], gt_boxes)[0] if len(objects) else np.zeros(0)
-      if not len(objects) or overlaps.max() < iou_threshold:
+      overlaps = iou(box[None], gt_boxes)[0]
+      if overlaps.max() < iou_threshold:
         continue
       counts["on an object"] += 1
       kind = objects[int(overlaps.argmax())][1]
@@ -72,10 +74,6 @@ def measure(records, truth: dict[str, list[tuple[np.ndarray, str]]], iou_thresho
   return dict(boxes=counts["boxes"], boxes_without_ground_truth=counts["boxes without ground truth"],
               on_an_object=counts["on an object"] / n, right_kind=counts["right kind"] / n,
               per_kind={k: v["right kind"] / v["boxes"] for k, v in sorted(per_kind.items())})
-
-
-def _text(v) -> str:
-  return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def main(argv=None):
