@@ -160,7 +160,7 @@ class DyConv(nnx.Module):
   def __call__(self, visual: list[jax.Array], capture: dict | None = None, prefix: str = "") -> list[jax.Array]:
     out = []
     for lvl, feature in enumerate(visual):
-      om = self.offset(feature)
+      om = L.conv3x3_as_matmul(self.offset, feature)
       offset, mask = om[..., :18], jax.nn.sigmoid(om[..., 18:])
       branches = {1: self.DyConv[1](feature, offset, mask)}
       if lvl > 0:
