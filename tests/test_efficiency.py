@@ -231,3 +231,17 @@ def test_bfloat16_forward_and_loss_are_close_to_float32(reference_dir):
     assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max(), lvl
   for k in ("loss_reg", "loss_centerness", "loss_dot_product_token"):
     assert abs(float(losses[k]) - float(loss_npz[k])) <= 0.02 * abs(float(loss_npz[k])), k
+
+
+def test_conv3x3_as_matmul_equals_the_conv_in_values_and_gradients():
+  conv = L.Conv(6, 27, 3, padding=((1, 1), (1, 1)), bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(conv)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 5, 6))
+  loss = lambda apply: lambda state, x: jnp.sum(jnp.sin(apply(nnx.merge(graphdef, state), x)))
+  direct, as_matmul = loss(lambda m, x: m(x)), loss(L.conv3x3_as_matmul)
+  np.testing.assert_allclose(as_matmul(state, x), direct(state, x), rtol=1e-5)
+  grads = [jax.grad(f, argnums=(0, 1))(state, x) for f in (direct, as_matmul)]
+  for a, b in zip(*map(jax.tree.leaves, grads)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+  with pytest.raises(ValueError, match="3x3, stride-1, padding-1"):
+    L.conv3x3_as_matmul(L.Conv(6, 4, 3, strides=2, padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0)), x)

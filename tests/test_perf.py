@@ -1,10 +1,12 @@
 """glipjax.perf: peak table lookup, XLA cost/memory summaries, matmul peak, MFU."""
+import os
 import types
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+import glipjax
 from glipjax import perf
 
 
@@ -121,3 +123,12 @@ def test_op_profile_attributes_trace_time_to_op_kinds_and_sources(tmp_path):
   assert next(iter(summary["by_kind"])) == "dot"  # the two matmuls dominate
   assert summary["top_ops"][0]["kind"] == "dot" and summary["top_ops"][0]["source"] == "test_perf.py"
   assert sum(v["seconds"] for v in summary["by_kind"].values()) == pytest.approx(summary["op_seconds_total"], abs=1e-3)
+
+
+def test_default_cpu_xla_flags_respect_the_users_own():
+  flag = "--xla_cpu_experimental_ynn_fusion_type"
+  assert glipjax._with_default_flags("") == f"{flag}=-reduce"
+  assert glipjax._with_default_flags("--xla_force_host_platform_device_count=8") == \
+      f"--xla_force_host_platform_device_count=8 {flag}=-reduce"
+  assert glipjax._with_default_flags(f"{flag}=dot") == f"{flag}=dot"
+  assert f"{flag}=" in os.environ["XLA_FLAGS"]  # set on import, before the first computation

@@ -7,6 +7,8 @@ and 2k + 1 (dx); the mask (already sigmoid-ed) multiplies each sample.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,12 @@ import numpy as np
 def deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array, bias: jax.Array | None,
                 stride: int = 1) -> jax.Array:
   """x [B,H,W,C]; offset [B,Ho,Wo,18]; mask [B,Ho,Wo,9]; kernel HWIO [3,3,C,O] -> [B,Ho,Wo,O]."""
+  fn = jax.checkpoint(functools.partial(_deform_conv, stride=stride),
+                      policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+  return fn(x, offset, mask, kernel, bias)
+
+
+def _deform_conv(x, offset, mask, kernel, bias, stride):
   b, h, w, c = x.shape
   ho, wo = offset.shape[1:3]
   # Sampling positions and bilinear weights in float32: bfloat16 cannot hold pixel coordinates + fractions.

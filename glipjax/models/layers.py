@@ -182,33 +182,38 @@ class Stack(nnx.Module):
     abstract), as in `remat_call`."""
     graphdef, params, others = nnx.split(self.layers, nnx.Param, ...)
 
-    def step(p, o, carry, xs_g):
-      n = jax.tree.leaves(p)[0].shape[0]
-      at = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
-      layers = [nnx.merge(graphdef, at(p, i), at(o, i) if random else others) for i in range(n)]
+    def step(ps, os, carry, xs_g):  # ps, os: per-layer parameter / other-state trees of one group
+      layers = [nnx.merge(graphdef, p, o if random else others) for p, o in zip(ps, os)]
       carry = body(layers, carry, xs_g)
       if not random:
-        return carry, o
-      states = [nnx.state(m, nnx.Not(nnx.Param)) for m in layers]  # RNG counters advanced by dropout
-      return carry, jax.tree.map(lambda *a: jnp.stack(a), *states)
+        return carry, os
+      return carry, [nnx.state(m, nnx.Not(nnx.Param)) for m in layers]  # RNG counters advanced by dropout
 
     if check_remat(remat) != "none":
       step = jax.checkpoint(step, policy=REMAT_POLICIES[remat], prevent_cse=False)
     full = self.length // group
     take = lambda tree, lo, hi: jax.tree.map(lambda a: a[lo:hi], tree)
+    # Member i of every group as its own scanned input (layers i, i + group, ...): the body then reads each
+    # layer's parameters as a scan input, which JAX's partial evaluation forwards to the backward pass instead of
+    # saving a stacked copy of every weight as a residual (as it does for a slice taken inside the body).
+    members = lambda tree: [jax.tree.map(lambda a: a[i:full * group:group], tree) for i in range(group)]
     grouped = lambda tree: jax.tree.map(lambda a: a.reshape(full, group, *a.shape[1:]), take(tree, 0, full * group))
     scanned_others = others if random else None
     new_others = []
     if full:
       def scan_step(c, inputs):
-        p, o, x = inputs
-        return step(p, o, c, x)
-      carry, o = jax.lax.scan(scan_step, carry, (grouped(params), grouped(scanned_others), grouped(xs)))
-      new_others.append(jax.tree.map(lambda a: a.reshape(full * group, *a.shape[2:]), o))
+        ps, os, x = inputs
+        return step(ps, os, c, x)
+      os_in = members(scanned_others) if random else [None] * group
+      carry, os = jax.lax.scan(scan_step, carry, (members(params), os_in, grouped(xs)))
+      if random:  # back to layer order: [full, group, ...] -> [full * group, ...]
+        new_others.append(jax.tree.map(lambda *a: jnp.stack(a, 1).reshape(full * group, *a[0].shape[1:]), *os))
     if full * group < self.length:
-      lo = full * group
-      carry, o = step(take(params, lo, None), take(scanned_others, lo, None), carry, take(xs, lo, None))
-      new_others.append(o)
+      lo, n = full * group, self.length - full * group
+      rest = lambda tree: [jax.tree.map(lambda a: a[lo + i], tree) for i in range(n)]
+      carry, os = step(rest(params), rest(scanned_others) if random else [None] * n, carry, take(xs, lo, None))
+      if random:
+        new_others.append(jax.tree.map(lambda *a: jnp.stack(a), *os))
     if random:
       nnx.update(self.layers, jax.tree.map(lambda *a: jnp.concatenate(a), *new_others))
     return carry
