@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import functools
 import importlib
@@ -155,6 +156,19 @@ class TrainStep:
     return times
 
 
+def model_flops(config, executed_flops: float) -> float:
+  """Matmul + conv FLOPs of one step of the model as officially formulated, as MFU counts them: glipjax computes
+  VLFuse with its visual projections folded into the text side (`model.dyhead.fusion_fold_visual`, the same
+  function with far fewer FLOPs), a shortcut that must not lower the model's FLOP count. Traced, not compiled."""
+  if not (config.model.dyhead.get("fusion", False) and config.model.dyhead.get("fusion_fold_visual", False)):
+    return executed_flops
+  official = copy.deepcopy(config)
+  official.model.dyhead.fusion_fold_visual = False
+  step = TrainStep(official)
+  with step.context():
+    return perf.jaxpr_flops(trainer.make_train_step(step.setup), *step.abstract_args())
+
+
 def measure_train_step(config, num_steps: int, *, jaxpr_flops: bool = False,
                        profile_dir: str | None = None) -> tuple[dict, TrainStep]:
   """Compiles the trainer's step for `config` on a synthetic batch and times `num_steps` steps (0: compile only).
@@ -169,6 +183,7 @@ def measure_train_step(config, num_steps: int, *, jaxpr_flops: bool = False,
     out.update({f"memory_{k}": v for k, v in perf.memory_summary(step.compiled).items()})
     if jaxpr_flops:  # scan-aware matmul + conv count, all devices together
       out["matmul_conv_flops_per_step_jaxpr"] = perf.jaxpr_flops(step.jitted, *step.abstract_args())
+      out["model_flops_per_step"] = model_flops(config, out["matmul_conv_flops_per_step_jaxpr"])
     if num_steps:
       times = step.run(num_steps, trace_dir=profile_dir)
       out.update(step_seconds_median=statistics.median(times), step_seconds_min=min(times), step_times=times,

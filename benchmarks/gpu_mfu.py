@@ -55,6 +55,7 @@ def main(argv=None) -> dict:
       **out, peak_flops_per_device=peak, peak_source=peak_source,
       tflops_per_device=flops / seconds / 1e12, mfu=perf.mfu(flops, seconds, 1, peak),
       mfu_matmul_conv_only=perf.mfu(out["matmul_conv_flops_per_step_jaxpr"], seconds, num_devices, peak),
+      mfu_model_matmul_conv=perf.mfu(out["model_flops_per_step"], seconds, num_devices, peak),
       images_per_second=config.train.global_batch_size / seconds, goal_mfu=0.40)
   common.write_results("gpu_mfu_cpu_smoke" if args.cpu_smoke else "gpu_mfu", results)
   print(f"{kind} x{num_devices}: step {seconds * 1e3:.1f} ms, {results['tflops_per_device']:.2f} TFLOP/s per "

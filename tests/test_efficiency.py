@@ -245,3 +245,27 @@ def test_conv3x3_as_matmul_equals_the_conv_in_values_and_gradients():
     np.testing.assert_allclose(a, b, atol=1e-4)
   with pytest.raises(ValueError, match="3x3, stride-1, padding-1"):
     L.conv3x3_as_matmul(L.Conv(6, 4, 3, strides=2, padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0)), x)
+
+
+def test_folded_vl_attention_equals_the_official_order_in_values_and_gradients():
+  from glipjax.models.dyhead import BiMultiHeadAttention
+  attn = BiMultiHeadAttention(16, 12, 32, 4, 0.1, 50000.0, dtype=jnp.float32, param_dtype=jnp.float32,
+                              rngs=nnx.Rngs(0))
+  for name in ("v_proj", "l_proj", "values_v_proj", "values_l_proj", "out_v_proj", "out_l_proj"):
+    lin = getattr(attn, name)  # non-zero biases, so the folded bias terms are exercised
+    lin.bias[...] = jax.random.normal(jax.random.PRNGKey(len(name)), lin.bias.shape)
+  graphdef, state, rest = nnx.split(attn, nnx.Param, ...)
+  keys = jax.random.split(jax.random.PRNGKey(1), 2)
+  v, l = jax.random.normal(keys[0], (2, 23, 16)), jax.random.normal(keys[1], (2, 5, 12))
+  lang_mask = jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+
+  def run(state, v, l, fold):
+    m = nnx.merge(graphdef, state, rest)
+    m.fold_visual = fold
+    return m(v, l, lang_mask, deterministic=True)
+  for a, b in zip(run(state, v, l, True), run(state, v, l, False)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  loss = lambda fold: lambda s, v, l: sum(jnp.sum(jnp.sin(o)) for o in run(s, v, l, fold))
+  grads = [jax.tree.leaves(jax.grad(loss(fold), argnums=(0, 1, 2))(state, v, l)) for fold in (True, False)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -41,7 +41,8 @@ def resize_bilinear_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Ar
 
 
 class BiMultiHeadAttention(nnx.Module):
-  def __init__(self, v_dim, l_dim, embed_dim, num_heads, dropout, clamp, *, dtype, param_dtype, rngs):
+  def __init__(self, v_dim, l_dim, embed_dim, num_heads, dropout, clamp, *, fold_visual=True, dtype, param_dtype,
+               rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_init=nnx.initializers.xavier_uniform())
     self.v_proj = L.Linear(v_dim, embed_dim, axes=("embed", "heads"), **kw)
     self.l_proj = L.Linear(l_dim, embed_dim, axes=("embed", "heads"), **kw)
@@ -49,10 +50,12 @@ class BiMultiHeadAttention(nnx.Module):
     self.values_l_proj = L.Linear(l_dim, embed_dim, axes=("embed", "heads"), **kw)
     self.out_v_proj = L.Linear(embed_dim, v_dim, axes=("heads", "embed"), **kw)
     self.out_l_proj = L.Linear(embed_dim, l_dim, axes=("heads", "embed"), **kw)
-    self.num_heads, self.clamp = num_heads, clamp
+    self.num_heads, self.clamp, self.fold_visual = num_heads, clamp, fold_visual
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
   def __call__(self, v, l, lang_mask, *, deterministic):
+    if self.fold_visual:
+      return self._folded(v, l, lang_mask, deterministic=deterministic)
     b, nv, _ = v.shape
     t = l.shape[1]
     h = self.num_heads
@@ -75,6 +78,46 @@ class BiMultiHeadAttention(nnx.Module):
     out_l = jnp.einsum("bhkq,bqhd->bkhd", probs_l, vv).reshape(b, t, -1)
     return constrain(self.out_v_proj(out_v), TOKENS), constrain(self.out_l_proj(out_l), TOKENS)
 
+  def _folded(self, v, l, lang_mask, *, deterministic):
+    """The same function, with the visual-side projections folded into the text side. The visual queries,
+    values and head outputs ([B, Nv, embed_dim], Nv ~ 2k-20k positions) are never formed: each is a product
+    with a [v_dim, embed_dim] matrix that associativity moves onto a small [B, heads, T, ...] text-side tensor,
+    so the visual side is three [Nv, v_dim] x [v_dim, heads*T] matmuls with no head transposes of visual
+    tensors. Its FLOPs scale by v_dim*T / (head_dim*(v_dim + T)) against the direct form: 0.2 at T = 64 and
+    0.5 at T = 256 for GLIP (v_dim = head_dim = 256). Exact up to float summation order (dropout masks are
+    drawn in this layout, so training draws differ from the direct form's)."""
+    b, nv, c = v.shape
+    h = self.num_heads
+    dtype = self.v_proj.dtype or v.dtype
+    kernel = lambda lin, *shape: lin.kernel[...].astype(dtype).reshape(*shape)
+    bias = lambda lin, *shape: lin.bias[...].astype(dtype).reshape(*shape)
+    e = self.v_proj.kernel.shape[-1]
+    d = e // h
+    v = v.astype(dtype)
+    k = self.l_proj(l).reshape(b, -1, h, d) * jnp.asarray(d ** -0.5, dtype)          # [B,T,h,d]
+    vl = self.values_l_proj(l).reshape(b, -1, h, d)
+    # scores[b,n,h,t] = (v Wq + bq)[n,h,:] . k[t,h,:]: Wq folded into the keys.
+    keys = jnp.einsum("chd,bthd->bcht", kernel(self.v_proj, c, h, d), k)
+    attn = jnp.einsum("bnc,bcht->bnht", v, keys) + jnp.einsum("hd,bthd->bht", bias(self.v_proj, h, d), k)[:, None]
+    attn = jnp.clip(attn.astype(jnp.float32), -self.clamp, self.clamp)
+    # image -> text: softmax over all visual positions (axis 1), no mask (padded text rows are updated too).
+    attn_t = jnp.clip(attn - attn.max(1, keepdims=True), -self.clamp, self.clamp)
+    probs_l = jax.nn.softmax(attn_t, axis=1)
+    # text -> image: padded tokens masked out.
+    attn_v = attn + jnp.where(lang_mask[:, None, None, :] > 0, 0.0, -9e15).astype(attn.dtype)
+    probs_v = jax.nn.softmax(attn_v, axis=-1)
+    probs_v = self.dropout(probs_v, deterministic=deterministic).astype(dtype)
+    probs_l = self.dropout(probs_l, deterministic=deterministic).astype(dtype)
+    # out_v = out_v_proj(probs_v . vl): the text values pass through out_v_proj first.
+    values = jnp.einsum("bthd,hdo->bhto", vl, kernel(self.out_v_proj, h, d, -1))
+    out_v = jnp.einsum("bnht,bhto->bno", probs_v, values) + bias(self.out_v_proj, -1)
+    # out_l = probs_l . (v Wv + bv): pool the visual features per (head, token) first.
+    pooled = jnp.einsum("bnht,bnc->bhtc", probs_l, v)
+    heads_l = jnp.einsum("bhtc,chd->bthd", pooled, kernel(self.values_v_proj, c, h, d)) + \
+        jnp.einsum("bnht,hd->bthd", probs_l, bias(self.values_v_proj, h, d))
+    out_l = self.out_l_proj(heads_l.reshape(b, -1, e))
+    return constrain(out_v, TOKENS), constrain(out_l, TOKENS)
+
 
 class BiAttentionBlock(nnx.Module):
   def __init__(self, v_dim, l_dim, cfg, *, dtype, param_dtype, rngs):
@@ -82,7 +125,7 @@ class BiAttentionBlock(nnx.Module):
     self.layer_norm_v = L.LayerNorm(v_dim, **kw)
     self.layer_norm_l = L.LayerNorm(l_dim, **kw)
     self.attn = BiMultiHeadAttention(v_dim, l_dim, cfg.fusion_embed_dim, cfg.fusion_heads, cfg.fusion_dropout,
-                                     cfg.attn_clamp, **kw)
+                                     cfg.attn_clamp, fold_visual=cfg.get("fusion_fold_visual", True), **kw)
     scale = nnx.initializers.constant(cfg.layer_scale_init)
     self.gamma_v = L.param(rngs, scale, (v_dim,), ("norm",), param_dtype)
     self.gamma_l = L.param(rngs, scale, (l_dim,), ("norm",), param_dtype)
