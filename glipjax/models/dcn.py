@@ -4,6 +4,15 @@ Sampling follows GLIP's CUDA kernel (fixture README §4.6): the tap (i, j) of ou
 (y*s - 1 + i + dy, x*s - 1 + j + dx) with zero-padded bilinear interpolation in pixel coordinates; points with
 h <= -1, w <= -1, h >= H or w >= W read 0. Offsets are laid out as official: tap k = 3i + j uses channel 2k (dy)
 and 2k + 1 (dx); the mask (already sigmoid-ed) multiplies each sample.
+
+Formulation (measured on XLA:CPU, benchmarks/README.md): four gathers of the flattened input (one per bilinear
+corner), their weighted sum into columns [B,Ho,Wo,9,C] and one matmul with the kernel. The columns are
+recomputed in the backward pass rather than stored (jax.checkpoint, the matmul's output kept): a few cheap
+gathers instead of 5 x [B,Ho,Wo,9,C] residuals per conv, which at 800x1344 dominated the step's memory.
+Tried and slower here: one gather of the 4 corners with an einsum of the weights (the batched weight dot runs
+~3x slower than the elementwise sum), a stride-3 convolution over the columns laid out as a [3Ho, 3Wo] image
+(transposes around the weight gradient), a custom VJP regathering in the backward pass (no faster than
+autodiff of this form once XLA:CPU's batch-1 reductions are fixed, glipjax/__init__.py).
 """
 from __future__ import annotations
 
