@@ -101,7 +101,8 @@ def hlo_ops(hlo: str) -> dict[str, tuple[str, str]]:
 
 
 def summarize(trace_dir: str | pathlib.Path, hlo: str, top: int = 15) -> dict:
-  """Seconds per op kind and per source file (summed over the traced steps), and the `top` costliest ops."""
+  """Seconds per op kind, per source file and per (source, kind) (summed over the traced steps), and the `top`
+  costliest ops."""
   path = max(pathlib.Path(trace_dir).rglob("perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
   events = json.load(gzip.open(path))
   events = events["traceEvents"] if isinstance(events, dict) else events
@@ -110,13 +111,15 @@ def summarize(trace_dir: str | pathlib.Path, hlo: str, top: int = 15) -> dict:
   for e in events:
     if e.get("ph") == "X" and e.get("name") in ops:
       per_op[e["name"]] += e.get("dur", 0.0) / 1e6
-  by_kind, by_source = collections.Counter(), collections.Counter()
+  by_kind, by_source, by_source_kind = collections.Counter(), collections.Counter(), collections.Counter()
   for name, seconds in per_op.items():
     kind, source = ops[name]
     by_kind[kind] += seconds
     by_source[source] += seconds
+    by_source_kind[f"{source} / {kind}"] += seconds
   total = sum(per_op.values())
   share = lambda c: {k: dict(seconds=round(v, 4), share=round(v / total, 4)) for k, v in c.most_common()}
   return dict(op_seconds_total=total, by_kind=share(by_kind), by_source=share(by_source),
+              by_source_kind=share(by_source_kind),
               top_ops=[dict(name=n, kind=ops[n][0], source=ops[n][1], seconds=round(s, 4))
                        for n, s in per_op.most_common(top)])
