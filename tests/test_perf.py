@@ -1,5 +1,4 @@
 """glipjax.perf: peak table lookup, XLA cost/memory summaries, matmul peak, MFU."""
-import os
 import types
 
 import jax
@@ -131,4 +130,3 @@ def test_default_cpu_xla_flags_respect_the_users_own():
   assert glipjax._with_default_flags("--xla_force_host_platform_device_count=8") == \
       f"--xla_force_host_platform_device_count=8 {flag}=-reduce"
   assert glipjax._with_default_flags(f"{flag}=dot") == f"{flag}=dot"
-  assert f"{flag}=" in os.environ["XLA_FLAGS"]  # set on import, before the first computation
