@@ -42,6 +42,9 @@ def glip_model(variant: str = "glip_t_c") -> ml_collections.ConfigDict:
       # 'official' reproduces what GLIP's CUDA DCN reads for the coarser level (a prefix of the offset
       # buffer, fixture README §4.6); 'geometric' resizes the offsets to the coarse grid instead.
       dcn_offset_mode="official",
+      # The deformable conv's sampling: "xla" (gathers XLA lowers, every backend) or "pallas" (a Triton kernel,
+      # GPU only; the Pallas interpreter elsewhere, slow); same function (glipjax/models/dcn_pallas.py).
+      dcn_impl="xla",
       dyrelu_reduction=4,
       offset_init="official",        # DCN offset conv: "official" (PyTorch default, random) or "zeros" (mmcv)
   ))

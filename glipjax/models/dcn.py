@@ -24,15 +24,26 @@ import numpy as np
 
 
 def deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array, bias: jax.Array | None,
-                stride: int = 1) -> jax.Array:
-  """x [B,H,W,C]; offset [B,Ho,Wo,18]; mask [B,Ho,Wo,9]; kernel HWIO [3,3,C,O] -> [B,Ho,Wo,O]."""
+                stride: int = 1, impl: str = "xla") -> jax.Array:
+  """x [B,H,W,C]; offset [B,Ho,Wo,18]; mask [B,Ho,Wo,9]; kernel HWIO [3,3,C,O] -> [B,Ho,Wo,O].
+
+  impl: "xla" (this module, every backend) or "pallas" (glipjax/models/dcn_pallas.py: a Triton kernel on GPU,
+  the Pallas interpreter elsewhere, for tests)."""
+  if impl == "pallas":
+    from glipjax.models import dcn_pallas  # Pallas imports are heavy; only the users of the kernel pay them
+    return dcn_pallas.deform_conv(x, offset, mask, kernel, bias, stride)
+  if impl != "xla":
+    raise ValueError(f"deformable conv impl must be 'xla' or 'pallas', got {impl!r}")
   fn = jax.checkpoint(functools.partial(_deform_conv, stride=stride),
                       policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
   return fn(x, offset, mask, kernel, bias)
 
 
-def _deform_conv(x, offset, mask, kernel, bias, stride):
-  b, h, w, c = x.shape
+def sampling_plan(offset: jax.Array, mask: jax.Array, in_hw: tuple[int, int], stride: int):
+  """Where each tap reads: the flat input index (y * W + x) of its 4 bilinear corners and their weights (bilinear
+  weight x corner-inside-the-image x mask), 4 arrays [B,Ho,Wo,9] each, in the corner order (y0,x0), (y0,x1), (y1,x0),
+  (y1,x1). A corner outside the image gets weight 0 and a clipped (valid) index."""
+  h, w = in_hw
   ho, wo = offset.shape[1:3]
   # Sampling positions and bilinear weights in float32: bfloat16 cannot hold pixel coordinates + fractions.
   offset, mask = offset.astype(jnp.float32), mask.astype(jnp.float32)
@@ -44,17 +55,26 @@ def _deform_conv(x, offset, mask, kernel, bias, stride):
   inside = (py > -1) & (px > -1) & (py < h) & (px < w)
   y0, x0 = jnp.floor(py), jnp.floor(px)
   ly, lx = py - y0, px - x0
+  corners = [(y0, x0, (1 - ly) * (1 - lx)), (y0, x0 + 1, (1 - ly) * lx), (y0 + 1, x0, ly * (1 - lx)),
+             (y0 + 1, x0 + 1, ly * lx)]
+  index, weight = [], []
+  for yy, xx, bilinear in corners:
+    valid = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1) & inside
+    index.append((jnp.clip(yy, 0, h - 1) * w + jnp.clip(xx, 0, w - 1)).astype(jnp.int32))
+    weight.append(jnp.where(valid, bilinear, 0.0) * mask)
+  return index, weight
+
+
+def _deform_conv(x, offset, mask, kernel, bias, stride):
+  b, h, w, c = x.shape
+  index, weight = sampling_plan(offset, mask, (h, w), stride)
   flat = x.reshape(b, h * w, c)
 
-  def corner(yy, xx, weight):
-    valid = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1) & inside
-    idx = (jnp.clip(yy, 0, h - 1) * w + jnp.clip(xx, 0, w - 1)).astype(jnp.int32).reshape(b, -1)
-    vals = jnp.take_along_axis(flat, idx[..., None], axis=1).reshape(b, ho, wo, 9, c)
-    return vals * jnp.where(valid, weight, 0.0)[..., None].astype(x.dtype)
+  def corner(i):
+    vals = jnp.take_along_axis(flat, index[i].reshape(b, -1, 1), axis=1).reshape(*index[i].shape, c)
+    return vals * weight[i][..., None].astype(x.dtype)
 
-  cols = (corner(y0, x0, (1 - ly) * (1 - lx)) + corner(y0, x0 + 1, (1 - ly) * lx) +
-          corner(y0 + 1, x0, ly * (1 - lx)) + corner(y0 + 1, x0 + 1, ly * lx))
-  cols = cols * mask[..., None].astype(x.dtype)
+  cols = corner(0) + corner(1) + corner(2) + corner(3)
   out = jnp.einsum("bhwkc,kco->bhwo", cols, kernel.reshape(9, c, -1).astype(x.dtype))
   return out if bias is None else out + bias.astype(out.dtype)
 

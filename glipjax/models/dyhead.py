@@ -155,15 +155,15 @@ class VLFuse(nnx.Module):
 class Conv3x3Norm(nnx.Module):
   """A modulated deformable 3x3 conv (parameters held by an nnx.Conv, applied by `deform_conv`) + GroupNorm."""
 
-  def __init__(self, channels: int, stride: int, groups: int, **kw):
+  def __init__(self, channels: int, stride: int, groups: int, impl: str = "xla", **kw):
     # The official ModulatedDeformConv's own reset_parameters: U(+-1/sqrt(fan_in)) weights, zero bias (DyConv's
     # normal(0, 0.01) init only reaches nn.Conv2d modules).
     self.conv = L.Conv(channels, channels, 3, kernel_init=L.torch_default_init(9 * channels)["kernel_init"], **kw)
     self.bn = L.GroupNorm(channels, groups, **kw)
-    self.stride = stride
+    self.stride, self.impl = stride, impl
 
   def __call__(self, x, offset, mask):
-    return self.bn(deform_conv(x, offset, mask, self.conv.kernel[...], self.conv.bias[...], self.stride))
+    return self.bn(deform_conv(x, offset, mask, self.conv.kernel[...], self.conv.bias[...], self.stride, self.impl))
 
 
 class DyReLU(nnx.Module):
@@ -186,7 +186,10 @@ class DyConv(nnx.Module):
 
   def __init__(self, channels: int, cfg, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.DyConv = nnx.List([Conv3x3Norm(channels, s, cfg.group_norm_groups, **kw) for s in (1, 1, 2)])
+    impl = cfg.get("dcn_impl", "xla")
+    if impl not in ("xla", "pallas"):
+      raise ValueError(f"dyhead.dcn_impl must be 'xla' or 'pallas', got {impl!r}")
+    self.DyConv = nnx.List([Conv3x3Norm(channels, s, cfg.group_norm_groups, impl, **kw) for s in (1, 1, 2)])
     # "official": PyTorch's default conv init (the official offsets start random); "zeros": mmcv's / the DCNv2
     # paper's zero offsets and masks of 0.5 (a regular 3x3 conv at the start).
     if cfg.get("offset_init", "official") not in ("official", "zeros"):

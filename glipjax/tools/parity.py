@@ -74,9 +74,10 @@ def fixture_batch(loss_npz, input_ids: np.ndarray, attention_mask: np.ndarray) -
   return {k: batch[k] for k in ("boxes", "box_mask", "positive_map")} | dict(attention_mask=attention_mask)
 
 
-def run(reference: pathlib.Path) -> list[Row]:
+def run(reference: pathlib.Path, dcn_impl: str = "xla") -> list[Row]:
   cfg_json = json.loads((reference / "config.json").read_text())
   cfg = fixture_model(cfg_json["tiny_hparams"], cfg_json.get("yacs_cfg"))  # the variant the fixture was made with
+  cfg.dyhead.dcn_impl = dcn_impl
   weights = dict(np.load(reference / "weights.npz"))
   inputs, outputs = np.load(reference / "inputs.npz"), np.load(reference / "outputs.npz")
   model = nnx.eval_shape(lambda: GLIP(cfg, rngs=nnx.Rngs(0)))  # no eager init: weights come from the fixture
@@ -156,11 +157,13 @@ def run(reference: pathlib.Path) -> list[Row]:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--reference", required=True, type=pathlib.Path, help="a fixture folder (e.g. tiny_glip_t_c)")
+  parser.add_argument("--dcn-impl", choices=("xla", "pallas"), default="xla",
+                      help="the deformable conv under test (model.dyhead.dcn_impl)")
   args = parser.parse_args(argv)
   if not (args.reference / "weights.npz").is_file():
     print(f"error: {args.reference} is not a reference fixture folder (no weights.npz)", file=sys.stderr)
     return 2
-  rows = run(args.reference)
+  rows = run(args.reference, args.dcn_impl)
   width = max(len(r.name) for r in rows)
   print(f"{'output':<{width}}  {'shape':<18} {'max abs err':>12} {'max rel err':>12}  {'tolerance':<10} ok")
   for r in rows:
