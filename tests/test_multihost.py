@@ -135,6 +135,7 @@ def test_process_rows_follow_the_batch_sharding():
   assert distributed.process_rows(sharding, 8) == (0, 8)
 
 
+@pytest.mark.slow  # ~110 s: two more multi-process runs; the SIGKILL test keeps multi-host resume in the default suite
 def test_two_processes_save_and_one_process_with_4_devices_continues(reference, data_dir, cache_dir, tmp_path):
   workdir = tmp_path / "run"
   launcher = ["-m", "launch.local", "--num_processes", "2", "--cpu_devices", "2", "--"]

@@ -213,6 +213,7 @@ def test_unknown_config_keys_are_clear_errors():
   assert proc.returncode != 0 and "num_stepz" in proc.stderr
 
 
+@pytest.mark.slow  # ~95 s: two more compiled train steps (accumulating and not)
 def test_grad_accumulation_equals_one_step_on_the_whole_batch(data_dir, tmp_path):
   """Batch [x0, x0, x1, x1] in 2 micro-batches (rows 0,2 and 1,3 = [x0, x1] each) gives the update of batch
   [x0, x1] in one step: the loss is normalised per positive, so duplicating a batch leaves it unchanged."""
@@ -423,6 +424,7 @@ def test_benchmarks_score_against_the_annotation_files(full_run, data_dir, tmp_p
   assert proc.returncode == 2 and "not prepared" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow  # ~55 s: test_transfer covers the prompt-tuning mode's frozen parameters in the default suite
 def test_prompt_tuning_from_a_trained_run_changes_only_the_prompt_table(full_run, data_dir, tmp_path):
   """train.init_from a workdir + train.mode=prompt_tuning: every parameter but the table comes out bit for bit as
   the source run left it, the table moves, the tokenizer is the source's, and the official export names it."""
