@@ -10,7 +10,6 @@ the gathers are as scattered as in training; the times are medians over --repeat
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 
 import jax
@@ -19,7 +18,7 @@ import numpy as np
 
 import glipjax  # noqa: F401  (default XLA flags)
 from benchmarks import common
-from glipjax.models import dcn
+from glipjax.models.dyhead import DEFORM_CONVS
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -56,7 +55,7 @@ def main(argv=None) -> dict:
               jax.random.normal(k[3], (3, 3, c, c), dtype) * 0.02, jnp.zeros((c,), dtype))
     row = dict(level=f"P{int(np.log2(stride))}", hw=(h, w))
     for impl in impls:
-      conv = functools.partial(dcn.deform_conv, impl=impl)
+      conv = DEFORM_CONVS[impl]
       loss = lambda *a, conv=conv: jnp.sum(conv(*a).astype(jnp.float32) ** 2)
       row[f"{impl}_forward_ms"] = 1e3 * _time(jax.jit(conv), inputs, args.repeats)
       row[f"{impl}_forward_backward_ms"] = 1e3 * _time(jax.jit(jax.grad(loss, argnums=range(5))), inputs,

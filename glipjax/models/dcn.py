@@ -6,7 +6,8 @@ h <= -1, w <= -1, h >= H or w >= W read 0. Offsets are laid out as official: tap
 and 2k + 1 (dx); the mask (already sigmoid-ed) multiplies each sample.
 
 Formulation (measured on XLA:CPU, benchmarks/README.md): four gathers of the flattened input (one per bilinear
-corner), their weighted sum into columns [B,Ho,Wo,9,C] and one matmul with the kernel. The columns are
+corner), their weighted sum into columns [B,Ho,Wo,9,C] (the mask folded into the corner weights by
+`sampling_plan`, which dcn_pallas.py's Triton kernel shares) and one matmul with the kernel. The columns are
 recomputed in the backward pass rather than stored (jax.checkpoint, the matmul's output kept): a few cheap
 gathers instead of 5 x [B,Ho,Wo,9,C] residuals per conv, which at 800x1344 dominated the step's memory.
 Tried and slower here: one gather of the 4 corners with an einsum of the weights (the batched weight dot runs
@@ -24,16 +25,8 @@ import numpy as np
 
 
 def deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array, bias: jax.Array | None,
-                stride: int = 1, impl: str = "xla") -> jax.Array:
-  """x [B,H,W,C]; offset [B,Ho,Wo,18]; mask [B,Ho,Wo,9]; kernel HWIO [3,3,C,O] -> [B,Ho,Wo,O].
-
-  impl: "xla" (this module, every backend) or "pallas" (glipjax/models/dcn_pallas.py: a Triton kernel on GPU,
-  the Pallas interpreter elsewhere, for tests)."""
-  if impl == "pallas":
-    from glipjax.models import dcn_pallas  # Pallas imports are heavy; only the users of the kernel pay them
-    return dcn_pallas.deform_conv(x, offset, mask, kernel, bias, stride)
-  if impl != "xla":
-    raise ValueError(f"deformable conv impl must be 'xla' or 'pallas', got {impl!r}")
+                stride: int = 1) -> jax.Array:
+  """x [B,H,W,C]; offset [B,Ho,Wo,18]; mask [B,Ho,Wo,9]; kernel HWIO [3,3,C,O] -> [B,Ho,Wo,O]."""
   fn = jax.checkpoint(functools.partial(_deform_conv, stride=stride),
                       policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
   return fn(x, offset, mask, kernel, bias)

@@ -14,7 +14,8 @@ from flax import nnx
 
 from glipjax.models import layers as L
 from glipjax.models.bert import BertLayer
-from glipjax.models.dcn import deform_conv, geometric_coarse_offsets, official_coarse_offsets
+from glipjax.models import dcn, dcn_pallas
+from glipjax.models.dcn import geometric_coarse_offsets, official_coarse_offsets
 from glipjax.sharding import constrain
 
 TOKENS = ("batch", "length", "embed")
@@ -152,8 +153,12 @@ class VLFuse(nnx.Module):
     return [constrain(p.reshape(s), FEATURES) for p, s in zip(jnp.split(flat, splits, axis=1), shapes)], lang
 
 
+# model.dyhead.dcn_impl: the same function, sampled by XLA gathers or by a Pallas/Triton kernel (GPU).
+DEFORM_CONVS = {"xla": dcn.deform_conv, "pallas": dcn_pallas.deform_conv}
+
+
 class Conv3x3Norm(nnx.Module):
-  """A modulated deformable 3x3 conv (parameters held by an nnx.Conv, applied by `deform_conv`) + GroupNorm."""
+  """A modulated deformable 3x3 conv (parameters held by an nnx.Conv, applied by DEFORM_CONVS[impl]) + GroupNorm."""
 
   def __init__(self, channels: int, stride: int, groups: int, impl: str = "xla", **kw):
     # The official ModulatedDeformConv's own reset_parameters: U(+-1/sqrt(fan_in)) weights, zero bias (DyConv's
@@ -163,7 +168,8 @@ class Conv3x3Norm(nnx.Module):
     self.stride, self.impl = stride, impl
 
   def __call__(self, x, offset, mask):
-    return self.bn(deform_conv(x, offset, mask, self.conv.kernel[...], self.conv.bias[...], self.stride, self.impl))
+    conv = DEFORM_CONVS[self.impl]
+    return self.bn(conv(x, offset, mask, self.conv.kernel[...], self.conv.bias[...], self.stride))
 
 
 class DyReLU(nnx.Module):
@@ -187,8 +193,8 @@ class DyConv(nnx.Module):
   def __init__(self, channels: int, cfg, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     impl = cfg.get("dcn_impl", "xla")
-    if impl not in ("xla", "pallas"):
-      raise ValueError(f"dyhead.dcn_impl must be 'xla' or 'pallas', got {impl!r}")
+    if impl not in DEFORM_CONVS:
+      raise ValueError(f"dyhead.dcn_impl must be one of {sorted(DEFORM_CONVS)}, got {impl!r}")
     self.DyConv = nnx.List([Conv3x3Norm(channels, s, cfg.group_norm_groups, impl, **kw) for s in (1, 1, 2)])
     # "official": PyTorch's default conv init (the official offsets start random); "zeros": mmcv's / the DCNv2
     # paper's zero offsets and masks of 0.5 (a regular 3x3 conv at the start).
