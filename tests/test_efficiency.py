@@ -193,6 +193,24 @@ def test_remat_leaves_tower_gradients_unchanged():
   _close(grads["full"], grads["none"])
 
 
+@pytest.mark.slow  # ~50 s: two tower gradients, one through the interpreted Pallas kernels
+def test_scanned_rematerialised_tower_has_the_same_gradients_with_the_pallas_dcn():
+  """The Pallas DCN's custom VJP inside lax.scan and jax.checkpoint: the tower's gradients equal the XLA DCN's."""
+  cfg = fixture_model(dict(_FIXTURE_HP))
+  cfg.dyhead.update(num_layers=2, channels=16, group_norm_groups=4, fusion_embed_dim=16, fusion_heads=2)
+  cfg.language.update(hidden_size=16, num_heads=2, intermediate_size=32)
+  cfg.update(scan_layers=True, remat="full")
+  rng = np.random.default_rng(0)
+  visual = [jnp.asarray(rng.normal(size=(1, s, s, 16)), jnp.float32) for s in (4, 2)]
+  lang, mask = jnp.asarray(rng.normal(size=(1, 5, 16)), jnp.float32), jnp.asarray([[1, 1, 1, 0, 0]])
+  loss = lambda m: sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(m(visual, lang, mask)))
+  grads = {}
+  for impl in ("xla", "pallas"):
+    cfg.dyhead.dcn_impl = impl
+    grads[impl] = _grads(DyHeadTower(cfg, rngs=nnx.Rngs(0)), loss)
+  _close(grads["pallas"], grads["xla"])
+
+
 def test_activation_constraints_only_under_rules():
   model = BertModel(_bert_cfg(2), rngs=nnx.Rngs(0))
   ids, mask = _ids()
