@@ -176,16 +176,21 @@ def test_remat_leaves_bert_gradients_unchanged():
     BertModel(_bert_cfg(), remat="sometimes", rngs=nnx.Rngs(0))
 
 
-@pytest.mark.slow  # deformable-conv gradient compiles (194 s at load ~12); the BERT test covers remat_call + scan
-def test_remat_leaves_tower_gradients_unchanged():
-  """VLFuse, tower BERT layer and DyConv each rematerialised."""
+def _tiny_tower_case(num_layers):
+  """A 16-channel DyHead tower config over two levels, and a loss of its outputs for given weights."""
   cfg = fixture_model(dict(_FIXTURE_HP))
-  cfg.dyhead.update(num_layers=1, channels=16, group_norm_groups=4, fusion_embed_dim=16, fusion_heads=2)
+  cfg.dyhead.update(num_layers=num_layers, channels=16, group_norm_groups=4, fusion_embed_dim=16, fusion_heads=2)
   cfg.language.update(hidden_size=16, num_heads=2, intermediate_size=32)
   rng = np.random.default_rng(0)
   visual = [jnp.asarray(rng.normal(size=(1, s, s, 16)), jnp.float32) for s in (4, 2)]
   lang, mask = jnp.asarray(rng.normal(size=(1, 5, 16)), jnp.float32), jnp.asarray([[1, 1, 1, 0, 0]])
-  loss = lambda m: sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(m(visual, lang, mask)))
+  return cfg, lambda m: sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(m(visual, lang, mask)))
+
+
+@pytest.mark.slow  # deformable-conv gradient compiles (194 s at load ~12); the BERT test covers remat_call + scan
+def test_remat_leaves_tower_gradients_unchanged():
+  """VLFuse, tower BERT layer and DyConv each rematerialised."""
+  cfg, loss = _tiny_tower_case(num_layers=1)
   grads = {}
   for policy in ("none", "full"):
     cfg.update(remat=policy)
@@ -196,14 +201,8 @@ def test_remat_leaves_tower_gradients_unchanged():
 @pytest.mark.slow  # ~50 s: two tower gradients, one through the interpreted Pallas kernels
 def test_scanned_rematerialised_tower_has_the_same_gradients_with_the_pallas_dcn():
   """The Pallas DCN's custom VJP inside lax.scan and jax.checkpoint: the tower's gradients equal the XLA DCN's."""
-  cfg = fixture_model(dict(_FIXTURE_HP))
-  cfg.dyhead.update(num_layers=2, channels=16, group_norm_groups=4, fusion_embed_dim=16, fusion_heads=2)
-  cfg.language.update(hidden_size=16, num_heads=2, intermediate_size=32)
+  cfg, loss = _tiny_tower_case(num_layers=2)
   cfg.update(scan_layers=True, remat="full")
-  rng = np.random.default_rng(0)
-  visual = [jnp.asarray(rng.normal(size=(1, s, s, 16)), jnp.float32) for s in (4, 2)]
-  lang, mask = jnp.asarray(rng.normal(size=(1, 5, 16)), jnp.float32), jnp.asarray([[1, 1, 1, 0, 0]])
-  loss = lambda m: sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(m(visual, lang, mask)))
   grads = {}
   for impl in ("xla", "pallas"):
     cfg.dyhead.dcn_impl = impl
