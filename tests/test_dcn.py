@@ -10,6 +10,7 @@ from flax import nnx
 
 import glipjax  # noqa: F401
 from configs.model import glip_model
+from glipjax.config_utils import ConfigError
 from glipjax.models import dcn, dcn_pallas
 from glipjax.models.dyhead import DyConv
 from glipjax.tools import parity
@@ -57,9 +58,10 @@ def test_pallas_deform_conv_lowers_to_a_triton_kernel_for_gpu():
 
 
 def test_dcn_impl_is_checked():
+  """A config error (commands print it in one line and exit 2), raised when the model is built."""
   cfg = glip_model("glip_t_c").dyhead
   cfg.update(dcn_impl="cuda")
-  with pytest.raises(ValueError, match=r"dyhead.dcn_impl must be one of \['pallas', 'xla'\], got 'cuda'"):
+  with pytest.raises(ConfigError, match=r"dyhead.dcn_impl must be one of \['pallas', 'xla'\], got 'cuda'"):
     DyConv(16, cfg, rngs=nnx.Rngs(0))
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
+from glipjax.config_utils import ConfigError
 from glipjax.models.dcn import sampling_plan
 
 PIXELS_PER_PROGRAM = 64  # Triton blocks are powers of two; 64 rows x C channels per gather keeps registers in check
@@ -33,7 +34,7 @@ def deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Ar
   """As `dcn.deform_conv`. interpret: run the Pallas interpreter (default: everywhere but GPU)."""
   if interpret is None:
     if jax.default_backend() == "tpu":
-      raise ValueError("the Pallas deformable conv is a Triton (GPU) kernel; on TPU set model.dyhead.dcn_impl='xla'")
+      raise ConfigError("the Pallas deformable conv is a Triton (GPU) kernel; on TPU set model.dyhead.dcn_impl='xla'")
     interpret = jax.default_backend() != "gpu"
   fn = jax.checkpoint(functools.partial(_deform_conv, stride=stride, interpret=interpret),
                       policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)

@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from glipjax.config_utils import ConfigError
+from glipjax.models import dcn, dcn_pallas
 from glipjax.models import layers as L
 from glipjax.models.bert import BertLayer
-from glipjax.models import dcn, dcn_pallas
 from glipjax.models.dcn import geometric_coarse_offsets, official_coarse_offsets
 from glipjax.sharding import constrain
 
@@ -194,19 +195,19 @@ class DyConv(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     impl = cfg.get("dcn_impl", "xla")
     if impl not in DEFORM_CONVS:
-      raise ValueError(f"dyhead.dcn_impl must be one of {sorted(DEFORM_CONVS)}, got {impl!r}")
+      raise ConfigError(f"model.dyhead.dcn_impl must be one of {sorted(DEFORM_CONVS)}, got {impl!r}")
     self.DyConv = nnx.List([Conv3x3Norm(channels, s, cfg.group_norm_groups, impl, **kw) for s in (1, 1, 2)])
     # "official": PyTorch's default conv init (the official offsets start random); "zeros": mmcv's / the DCNv2
     # paper's zero offsets and masks of 0.5 (a regular 3x3 conv at the start).
     if cfg.get("offset_init", "official") not in ("official", "zeros"):
-      raise ValueError(f"dyhead.offset_init must be 'official' or 'zeros', got {cfg.offset_init!r}")
+      raise ConfigError(f"model.dyhead.offset_init must be 'official' or 'zeros', got {cfg.offset_init!r}")
     offset_init = L.torch_default_init(9 * channels) if cfg.get("offset_init", "official") == "official" else \
         dict(kernel_init=nnx.initializers.zeros_init())
     self.offset = L.Conv(channels, 27, 3, padding=PAD1, axes=("conv_in", None), **offset_init, **kw)
     self.AttnConv = L.Conv(channels, 1, 1, axes=("conv_in", None), kernel_init=nnx.initializers.normal(0.01), **kw)
     self.relu = DyReLU(channels, cfg.dyrelu_reduction, **kw)
     if cfg.dcn_offset_mode not in ("official", "geometric"):
-      raise ValueError(f"dyhead.dcn_offset_mode must be 'official' or 'geometric', got {cfg.dcn_offset_mode!r}")
+      raise ConfigError(f"model.dyhead.dcn_offset_mode must be 'official' or 'geometric', got {cfg.dcn_offset_mode!r}")
     self.coarse_offsets = official_coarse_offsets if cfg.dcn_offset_mode == "official" else geometric_coarse_offsets
 
   def __call__(self, visual: list[jax.Array], capture: dict | None = None, prefix: str = "") -> list[jax.Array]:

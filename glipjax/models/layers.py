@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from glipjax.config_utils import ConfigError
+
 Axes = tuple[str | None, ...]
 
 default_kernel_init = nnx.initializers.lecun_normal()
@@ -124,7 +126,7 @@ REMAT_POLICIES = {
 
 def check_remat(policy: str) -> str:
   if policy not in REMAT_POLICIES:
-    raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {policy!r}")
+    raise ConfigError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {policy!r}")
   return policy
 
 
